@@ -1,0 +1,69 @@
+"""AlphaEdit (Fang et al., 2025): MEMIT's update projected onto the null space of the preserved keys.
+
+P = Û Ûᵀ with Û the eigenvectors of C = E[kkᵀ] whose eigenvalues are below ``nullspace_threshold``;
+ΔW = Xᵀ with X = (P(KKᵀ + K_pK_pᵀ) + L2·I)⁻¹ P K Rᵀ, where K_pK_pᵀ accumulates the keys of earlier
+rounds (recomputed on the edited model after each round, as the reference does). Because PX = X,
+ΔW k = 0 for every k with Pk = 0 (the preserved space). P and K_pK_pᵀ live in the edit state, never in
+module globals or files in the working directory (``P_loc`` is accepted for EasyEdit compatibility and
+ignored).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import core
+from .apply import apply_with
+from .engine import Editor
+from .hparams import AlphaEditHyperParams
+
+
+def nullspace_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
+    """P onto the span of C's eigenvectors with eigenvalue < ``threshold`` (float32)."""
+    evals, evecs = torch.linalg.eigh(cov.double())
+    small = evecs[:, evals < threshold]
+    return (small @ small.T).float()
+
+
+class AlphaEditEditor(Editor):
+    method = "AlphaEdit"
+    hparams_cls = AlphaEditHyperParams
+
+    def setup(self) -> None:
+        for l in self.layers:
+            name = self.module_name(l)
+            if self.state.get(f"P/{name}") is None:
+                self.state.set(f"P/{name}", nullspace_projector(self.covariance(l), self.hparams.nullspace_threshold))
+            if self.state.get(f"cache_c/{name}") is None:
+                d = self.state.get(f"P/{name}").shape[0]
+                self.state.set(f"cache_c/{name}", torch.zeros(d, d, device=self.weight(l).device))
+
+    def projector(self, layer: int) -> torch.Tensor:
+        return self.state.get(f"P/{self.module_name(layer)}").to(self.weight(layer).device)
+
+    def solve(self, i, layer, keys, resid):
+        P = self.projector(layer).double()
+        K = keys.T.double()
+        R = resid.T.double()
+        cache = self.state.get(f"cache_c/{self.module_name(layer)}").to(K.device).double()
+        A = P @ (K @ K.T + cache) + self.hparams.L2 * torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
+        X = torch.linalg.solve(A, P @ K @ R.T)
+        return X.T
+
+    @torch.no_grad()
+    def after_round(self, requests):
+        names = [self.module_name(l) for l in self.layers]
+        keys, _ = core.compute_keys(self.model, self.tok, requests, names, self.hparams.fact_token,
+                                    templates=self.templates)
+        for name in names:
+            K = keys[name].T
+            key = f"cache_c/{name}"
+            self.state.set(key, self.state.get(key).to(K.device) + K @ K.T)
+
+
+def apply_AlphaEdit_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=True, **kwargs):
+    """EasyEdit contract (name as in EasyEdit's ALG_DICT); see :func:`~.apply.apply_with`."""
+    return apply_with(AlphaEditEditor, model, tok, requests, hparams, copy, return_orig_weights, **kwargs)
+
+
+apply_alphaedit_to_model = apply_AlphaEdit_to_model
