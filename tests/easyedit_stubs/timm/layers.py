@@ -1,0 +1,5 @@
+"""TEST STUB of ``timm.layers``: every attribute raises when called."""
+
+from _easyedit_stub_helper import module_getattr
+
+__getattr__ = module_getattr(__name__)

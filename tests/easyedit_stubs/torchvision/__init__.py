@@ -1,0 +1,3 @@
+"""TEST STUB of ``torchvision`` (see tests/easyedit_stubs/__init__.py); not the real package."""
+
+__version__ = "0.0.0+stub"

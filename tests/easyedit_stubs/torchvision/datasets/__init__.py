@@ -1,0 +1,1 @@
+"""TEST STUB of ``torchvision.datasets``."""
