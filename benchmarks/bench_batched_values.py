@@ -17,59 +17,27 @@ import time
 import torch
 
 from revive_plugin.editing import core, load_hparams, make_editor
+from revive_plugin.data.facts import load_facts
+from revive_plugin.evaluation.counterfact import evaluate_counterfact
 from revive_plugin.models import load_model
 
-FACTS = [
-    ("{} is located in the country of", "Eiffel Tower", " Japan", " France"),
-    ("The capital of {} is", "France", " Berlin", " Paris"),
-    ("{} is a product of", "iPhone", " Samsung", " Apple"),
-    ("The mother tongue of {} is", "Vladimir Putin", " French", " Russian"),
-    ("{} plays the sport of", "Lionel Messi", " baseball", " soccer"),
-    ("{} was written by", "Hamlet", " Tolstoy", " Shakespeare"),
-    ("The official language of {} is", "Brazil", " German", " Portuguese"),
-    ("{} is headquartered in", "Microsoft", " London", " Redmond"),
-    ("{} is a city in the country of", "Rome", " Mexico", " Italy"),
-    ("{} is the capital of", "Tokyo", " Canada", " Japan"),
-    ("{} was born in the city of", "Albert Einstein", " Madrid", " Ulm"),
-    ("The currency of {} is the", "Japan", " euro", " yen"),
-    ("{} is a member of the", "Paul McCartney", " Rolling Stones", " Beatles"),
-    ("{} was founded by", "Amazon", " Bill Gates", " Jeff Bezos"),
-    ("{} is a city in the state of", "Los Angeles", " Texas", " California"),
-    ("{} speaks the language", "Angela Merkel", " Spanish", " German"),
-    ("{} is a river in", "The Nile", " Europe", " Africa"),
-    ("{} is developed by", "Windows", " Google", " Microsoft"),
-    ("{} is the head coach of", "Pep Guardiola", " Chelsea", " Manchester"),
-    ("The home country of {} is", "Toyota", " Korea", " Japan"),
-]
-
-
-@torch.no_grad()
-def efficacy(model, tok, requests) -> float:
-    wins = 0
-    for r in requests:
-        prompt = tok(r["prompt"].format(r["subject"]))["input_ids"]
-        nll = []
-        for target in (r["target_new"]["str"], r["target_true"]["str"]):
-            t = core.target_ids(tok, target)
-            logp = torch.log_softmax(model(torch.tensor([prompt + t])).logits[0].float(), -1)
-            nll.append(-sum(float(logp[len(prompt) - 1 + j, tid]) for j, tid in enumerate(t)) / len(t))
-        wins += nll[0] < nll[1]
-    return wins / len(requests)
+def efficacy(model, tok, records) -> float:
+    """CounterFact efficacy (new object more likely than the true one) on the edited prompts."""
+    return evaluate_counterfact(model, tok, records, max_paraphrase=0, max_neighborhood=0, progress=False)["efficacy"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--n", type=int, default=len(FACTS))
+    ap.add_argument("--n", type=int, default=20, help="edits (taken from the offline fact set)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--prefixes", type=int, default=5)
     ap.add_argument("--stats-samples", type=int, default=300)
     args = ap.parse_args()
 
     model, tok = load_model(args.model)
-    facts = (FACTS * (args.n // len(FACTS) + 1))[: args.n]
-    reqs = [core.normalize_request({"prompt": p, "subject": s, "target_new": n, "target_true": t})
-            for p, s, n, t in facts]
+    records = load_facts()[: args.n]
+    reqs = [core.normalize_request(r) for r in records]
     with tempfile.TemporaryDirectory() as stats_dir:
         hp = load_hparams("MEMIT", "smollm2-135m", stats_dir=stats_dir, mom2_n_samples=args.stats_samples,
                           v_num_grad_steps=args.steps, context_prefixes=args.prefixes, use_revive=False)
@@ -94,13 +62,13 @@ def main() -> None:
         print(f"  relative difference of the batched vs loop values: {float(diff):.2e}")
 
         pristine = {n: editor.weight(l).detach().clone() for n, l in zip(editor.edited_params, editor.layers)}
-        print(f"efficacy before editing: {efficacy(model, tok, reqs):.3f}")
+        print(f"efficacy before editing: {efficacy(model, tok, records):.3f}")
         for label in (ref, "batched, truncated forward"):
             with torch.no_grad():
                 for n, l in zip(editor.edited_params, editor.layers):
                     editor.weight(l).copy_(pristine[n])
             editor.run_round(reqs, values[label])
-            print(f"efficacy after MEMIT with {label} values: {efficacy(model, tok, reqs):.3f}")
+            print(f"efficacy after MEMIT with {label} values: {efficacy(model, tok, records):.3f}")
 
 
 if __name__ == "__main__":

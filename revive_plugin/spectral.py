@@ -355,6 +355,24 @@ class SpectralDetails:
     left: SingularVectorSimilarity
 
 
+def dominant_update_share(ref: "SpectralReference", Wt: torch.Tensor, k: int | None = None) -> float:
+    """Share of ‖W_t − W_0‖²_F in the original dominant blocks (coefficients α_ij with i ≤ k or j ≤ k).
+
+    It is what REVIVE removes (Eq. 6): 0 for a REVIVE-protected sequence, whatever the order of
+    W_t's own singular values (SS and LS also move when complement directions outgrow σ_k).
+    """
+    k = ref.k if k is None else k
+    w = Wt.detach().to(device=ref.U.device, dtype=ref.U.dtype)
+    delta = w - (ref.U * ref.S) @ ref.Vh
+    total = float(torch.linalg.matrix_norm(delta)) ** 2
+    if total <= (1e-5 * ref.fro_norm) ** 2:  # below the reconstruction error of U S Vh: no update
+        return 0.0
+    Uk, Vk = ref.U[:, :k], ref.Vh[:k].T
+    safe = delta - Uk @ (Uk.T @ delta)
+    safe = safe - (safe @ Vk) @ Vk.T
+    return max(0.0, 1.0 - float(torch.linalg.matrix_norm(safe)) ** 2 / total)
+
+
 def spectral_details(W0, Wt: torch.Tensor, tau: float = 0.1) -> SpectralDetails:
     """Like :func:`spectral_report`, also keeping the SS matrices (for plots)."""
     tau = check_fraction(tau, "tau", allow_one=False)
@@ -371,6 +389,7 @@ def spectral_details(W0, Wt: torch.Tensor, tau: float = 0.1) -> SpectralDetails:
         "ss_left_mean_max": left.mean_max,
         "ss_left_min_max": left.min_max,
         "norm_growth": float(torch.linalg.vector_norm(St)) / ref.fro_norm,
+        "dom_share": dominant_update_share(ref, Wt, k0),
         "k_w0": float(k0),
         "k_wt": float(kt),
     }
@@ -382,7 +401,7 @@ def spectral_report(W0, Wt: torch.Tensor, tau: float = 0.1) -> dict:
 
     Keys: ``ls`` (Eq. 3), ``ss_right_mean_max``, ``ss_right_min_max``, ``ss_left_mean_max``,
     ``ss_left_min_max`` (SS maxima over the original basis, averaged / worst over the dominant
-    vectors), ``norm_growth``, ``k_w0`` and ``k_wt`` (Eq. 5 ranks). All values are floats.
+    vectors), ``norm_growth``, ``dom_share`` (:func:`dominant_update_share`), ``k_w0`` and ``k_wt`` (Eq. 5 ranks). All values are floats.
     Pass a :class:`SpectralReference` as ``W0`` to avoid re-decomposing it every round.
     """
     return spectral_details(W0, Wt, tau).report

@@ -188,3 +188,22 @@ def test_input_errors_are_clear():
         SpectralReference.from_weight(torch.zeros(3, 3))
     with pytest.raises(TypeError):
         norm_growth(W, "not a tensor")
+
+
+def test_dominant_update_share_is_zero_for_revive_updates_only():
+    from revive_plugin import DominantBasis
+    from revive_plugin.spectral import SpectralReference, dominant_update_share
+
+    g = torch.Generator().manual_seed(11)
+    W0 = torch.randn(40, 30, generator=g, dtype=torch.float64)
+    ref = SpectralReference.from_weight(W0, tau=0.2)
+    raw = torch.randn(40, 30, generator=g, dtype=torch.float64)
+    safe = DominantBasis.from_weight(W0, 0.2).project(raw)
+    assert dominant_update_share(ref, W0) == 0.0
+    assert dominant_update_share(ref, W0 + safe) < 1e-12
+    # a random update puts roughly its share of coefficients (i ≤ k or j ≤ k) in the dominant blocks
+    k = ref.k
+    expected = 1 - (40 - k) * (30 - k) / (40 * 30)
+    assert dominant_update_share(ref, W0 + raw) == pytest.approx(expected, abs=0.15)
+    inside = torch.outer(ref.U[:, 0], ref.Vh[3])
+    assert dominant_update_share(ref, W0 + inside) == pytest.approx(1.0, abs=1e-9)

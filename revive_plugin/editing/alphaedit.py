@@ -52,13 +52,19 @@ class AlphaEditEditor(Editor):
 
     @torch.no_grad()
     def after_round(self, requests):
-        names = [self.module_name(l) for l in self.layers]
-        keys, _ = core.compute_keys(self.model, self.tok, requests, names, self.hparams.fact_token,
-                                    templates=self.templates)
-        for name in names:
-            K = keys[name].T
-            key = f"cache_c/{name}"
-            self.state.set(key, self.state.get(key).to(K.device) + K @ K.T)
+        accumulate_edited_keys(self, requests)
+
+
+@torch.no_grad()
+def accumulate_edited_keys(editor: Editor, requests) -> None:
+    """``cache_c += K Kᵀ`` per edited layer: the keys of this round join the preserved set."""
+    names = [editor.module_name(l) for l in editor.layers]
+    keys, _ = core.compute_keys(editor.model, editor.tok, requests, names, editor.hparams.fact_token,
+                                templates=editor.templates)
+    for name in names:
+        K = keys[name].T
+        key = f"cache_c/{name}"
+        editor.state.set(key, editor.state.get(key).to(K.device) + K @ K.T)
 
 
 def apply_AlphaEdit_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=True, **kwargs):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import core
+from .alphaedit import accumulate_edited_keys
 from .apply import apply_with
 from .engine import Editor, swapped_weights
 from .hparams import NSEHyperParams
@@ -81,15 +82,8 @@ class NSEEditor(Editor):
                 entry["delta_norm"] += out["delta_norm"]
         return info
 
-    @torch.no_grad()
     def after_round(self, requests):
-        names = [self.module_name(l) for l in self.layers]
-        keys, _ = core.compute_keys(self.model, self.tok, requests, names, self.hparams.fact_token,
-                                    templates=self.templates)
-        for name in names:
-            K = keys[name].T
-            key = f"cache_c/{name}"
-            self.state.set(key, self.state.get(key).to(K.device) + K @ K.T)
+        accumulate_edited_keys(self, requests)
 
 
 def apply_nse_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=True, **kwargs):

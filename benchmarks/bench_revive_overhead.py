@@ -1,0 +1,107 @@
+"""REVIVE's cost inside a sequential-editing round (issue goals: projection <= 1% of a round,
+edits/s with REVIVE >= 0.98x without).
+
+Two copies of the model are edited side by side with the same requests and seeds, one with
+MEMIT (or --method) plain and one with +REVIVE, alternating round by round so that machine
+noise hits both alike. The projection (Eq. 6) is timed in place by wrapping the editor's own
+Reviver.project; the one-time SVD of the original weights (first round) is reported apart.
+
+    python benchmarks/bench_revive_overhead.py                 # bundled model, 3 rounds of 20
+    python benchmarks/bench_revive_overhead.py --rounds 5 --batch 100 --model <hf-folder>
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+
+def _timed(fn, holder: dict):
+    """Wrap ``fn``; each call's seconds go to ``holder["bucket"]`` (swapped per round)."""
+    def wrapper(*a, **k):
+        t0 = time.perf_counter()
+        out = fn(*a, **k)
+        if isinstance(out, torch.Tensor) and out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        holder["bucket"].append(time.perf_counter() - t0)
+        return out
+    return wrapper
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--method", default="MEMIT")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=20)
+    ap.add_argument("--tau", type=float, default=0.1)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="hparams override (YAML value), repeatable")
+    args = ap.parse_args(argv)
+
+    import yaml
+
+    from revive_plugin.data.facts import load_facts
+    from revive_plugin.editing import load_hparams, make_editor
+    from revive_plugin.models import load_model
+
+    over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.overrides)}
+    model_a, tok = load_model(args.model, device=args.device)
+    model_b = copy.deepcopy(model_a)
+    for m in (model_a, model_b):
+        m.eval().requires_grad_(False)
+    records = load_facts()[: args.rounds * args.batch]
+    eds = {
+        "plain": make_editor(args.method, model_a, tok, load_hparams(args.method, args.model, None, use_revive=False, **over)),
+        "revive": make_editor(args.method, model_b, tok,
+                              load_hparams(args.method, args.model, None, use_revive=True, revive_tau=args.tau, **over)),
+    }
+    round_s = {"plain": [], "revive": []}
+    proj_s: list[list[float]] = []
+    holder = {"bucket": []}
+    for r in range(args.rounds):
+        batch = records[r * args.batch:(r + 1) * args.batch]
+        for mode in ("plain", "revive") if r % 2 == 0 else ("revive", "plain"):
+            ed = eds[mode]
+            bucket: list[float] = []
+            holder["bucket"] = bucket
+            torch.manual_seed(args.seed + r)
+            t0 = time.perf_counter()
+            if mode == "revive" and r == 0:
+                ed.prepare()  # creates the Reviver (SVD of the original weights), then time its projections
+                ed.state.reviver.project = _timed(ed.state.reviver.project, holder)
+            ed.edit(batch)
+            round_s[mode].append(time.perf_counter() - t0)
+            if mode == "revive":
+                proj_s.append(bucket)
+        print(f"round {r + 1}/{args.rounds}: plain {round_s['plain'][-1]:.2f}s, +REVIVE {round_s['revive'][-1]:.2f}s, "
+              f"projection {sum(proj_s[-1]) * 1e3:.1f} ms over {len(proj_s[-1])} matrices")
+
+    print(f"\n{args.method} on {args.model}: {args.rounds} rounds of {args.batch} edits, tau={args.tau}, "
+          f"{torch.get_num_threads()} threads, device {next(model_a.parameters()).device}")
+    print("| round | plain s | +REVIVE s | projection ms | projection share |")
+    print("|---|---|---|---|---|")
+    for r in range(args.rounds):
+        share = sum(proj_s[r]) / round_s["revive"][r]
+        print(f"| {r + 1}{' (setup: covariance, SVD)' if r == 0 else ''} | {round_s['plain'][r]:.2f} | {round_s['revive'][r]:.2f} "
+              f"| {sum(proj_s[r]) * 1e3:.1f} | {share:.3%} |")
+    steady = slice(1, None) if args.rounds > 1 else slice(0, None)
+    p, v = sum(round_s["plain"][steady]), sum(round_s["revive"][steady])
+    n = len(round_s["plain"][steady]) * args.batch
+    share = sum(sum(b) for b in proj_s[steady]) / v
+    ratio = (n / v) / (n / p)
+    print(f"\nsteady state (rounds {'2' if args.rounds > 1 else '1'}..{args.rounds}): plain {n / p:.3f} edits/s, "
+          f"+REVIVE {n / v:.3f} edits/s, ratio {ratio:.3f}x (goal >= 0.98x)")
+    print(f"projection share of a REVIVE round: {share:.3%} (goal <= 1%)")
+    print(f"one-time basis SVD + first projection (round 1 extra vs plain): "
+          f"{round_s['revive'][0] - round_s['plain'][0]:+.2f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""PNG plots of a run (paper Figs 1/3/7: metrics vs edits; Figs 4/5: LS and SS vs rounds;
+Fig 8: τ sweep). Plain methods are solid lines, +REVIVE dashed, one colour per method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .report import flatten
+
+_EDIT = [("efficacy", "Efficacy"), ("paraphrase", "Paraphrase"), ("neighborhood", "Neighborhood")]
+_SWEEP = _EDIT + [("fluency", "Fluency (entropy, bits)"), ("consistency", "Consistency"),
+                  ("glue_avg", "GLUE average"), ("ppl", "Held-out perplexity"), ("probe", "Knowledge probe")]
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _style(run: dict):
+    colours = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
+    methods = run["config"]["config"]["methods"]
+    by_method = {m: colours[i % len(colours)] for i, m in enumerate(methods)}
+    taus = sorted(run["config"]["config"]["taus"])
+    dashes = ["--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)), (0, (1, 1))]
+
+    def style(row):
+        if row["mode"] == "plain":
+            return dict(color=by_method[row["method"]], linestyle="-", marker="o", markersize=3)
+        return dict(color=by_method[row["method"]], linestyle=dashes[taus.index(row["tau"]) % len(dashes)],
+                    marker="s", markersize=3)
+    return style
+
+
+def _legend_and_save(fig, axes, title, path):
+    """One legend for all panels, right of them; the title on top."""
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h)
+                labels.append(l)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def _series(run: dict):
+    for name, arm in run["arms"].items():
+        rows = [flatten(cp) for cp in arm["checkpoints"]]
+        if rows:
+            yield name, rows
+
+
+def _metric_grid(run, keys, x_key, xlabel, title, path, baseline_row):
+    plt = _plt()
+    style = _style(run)
+    keys = [(k, t) for k, t in keys if any(r.get(k) is not None for _, rows in _series(run) for r in rows)]
+    if not keys:
+        return None
+    ncol = min(3, len(keys))
+    nrow = (len(keys) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.4 * nrow), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, keys):
+        for name, rows in _series(run):
+            pts = [(r[x_key], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, label=rows[0]["label"], **style(rows[0]))
+        if baseline_row is not None and baseline_row.get(key) is not None:
+            ax.axhline(baseline_row[key], color="grey", linestyle=":", linewidth=1, label="unedited")
+        ax.set_title(label)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    _legend_and_save(fig, axes, title, path)
+    plt.close(fig)
+    return path
+
+
+def _ss_heatmaps(run, path):
+    """Fig 5 style: |cos| between the top-k right singular vectors of W_t and of W_0 (final round)."""
+    plt = _plt()
+    panels = []
+    for name, arm in run["arms"].items():
+        if arm["checkpoints"]:
+            cp = arm["checkpoints"][-1]
+            block = (cp.get("spectral") or {}).get("ss_block")
+            if block:
+                panels.append((cp["label"], cp["edits"], block))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.6), squeeze=False)
+    for ax, (label, edits, block) in zip(axes.flat, panels):
+        im = ax.imshow(block["matrix"], vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(f"{label}\n{edits} edits", fontsize=9)
+        ax.set_xlabel("original singular vector j")
+        ax.set_ylabel("edited singular vector i")
+    fig.colorbar(im, ax=list(axes.flat), shrink=0.8, label="|cos|")
+    fig.suptitle(f"SS (right vectors, top-k) of {panels[0][2]['param']}", fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _tau_sweep(run, path):
+    plt = _plt()
+    cfg = run["config"]["config"]
+    if len(cfg["taus"]) < 2:
+        return None
+    finals = {n: flatten(a["checkpoints"][-1]) for n, a in run["arms"].items() if a["checkpoints"]}
+    keys = [(k, t) for k, t in _SWEEP if any(r.get(k) is not None for r in finals.values())]
+    ncol = min(4, len(keys))
+    nrow = (len(keys) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.2 * nrow), squeeze=False)
+    colours = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange"]
+    for ax, (key, label) in zip(axes.flat, keys):
+        for i, method in enumerate(cfg["methods"]):
+            pts = sorted((r["tau"], r[key]) for r in finals.values()
+                         if r["method"] == method and r["mode"] == "revive" and r.get(key) is not None)
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", color=colours[i % 5], label=f"{method}+REVIVE")
+            plain = next((r for r in finals.values() if r["method"] == method and r["mode"] == "plain"), None)
+            if plain is not None and plain.get(key) is not None:
+                ax.axhline(plain[key], color=colours[i % 5], linestyle="--", linewidth=1, label=f"{method} (plain)")
+        ax.set_title(label)
+        ax.set_xlabel("τ (energy threshold)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    _legend_and_save(fig, axes, f"REVIVE threshold sweep ({cfg['n_edits']} edits)", path)
+    plt.close(fig)
+    return path
+
+
+def write_plots(run: dict, out_dir) -> dict:
+    """Write every plot that the run's data supports; returns {name: path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = flatten(run["baseline"]) if run["baseline"] is not None else None
+    model = run["config"]["config"]["model"]
+    general = sorted({k for _, rows in _series(run) for r in rows for k in r if k.startswith("glue_")})
+    general_keys = [(k, k.removeprefix("glue_").upper() if k != "glue_avg" else "GLUE average") for k in general]
+    general_keys += [("ppl", "Held-out perplexity"), ("probe", "Knowledge probe")]
+    made = {
+        "edit_metrics": _metric_grid(run, _EDIT, "edits", "number of edits",
+                                     f"Retention of all edits so far ({model})",
+                                     out_dir / "edit_metrics_vs_edits.png", base),
+        "general": _metric_grid(run, general_keys, "edits", "number of edits",
+                                f"General ability during sequential editing ({model})",
+                                out_dir / "general_vs_edits.png", base),
+        "spectral": _metric_grid(run, [("ls_mean", "LS (Eq. 3), mean over edited matrices"),
+                                       ("ls_min", "LS, worst edited matrix"),
+                                       ("ss_right_mean", "SS right vectors (mean max |cos|)"),
+                                       ("ss_left_mean", "SS left vectors (mean max |cos|)"),
+                                       ("norm_growth_mean", "‖W_t‖/‖W_0‖ (mean)")],
+                                 "round", "editing round", f"Dominant-subspace drift ({model})",
+                                 out_dir / "spectral_vs_rounds.png", None),
+        "ss_heatmap": _ss_heatmaps(run, out_dir / "ss_heatmap.png"),
+        "tau_sweep": _tau_sweep(run, out_dir / "tau_sweep.png"),
+    }
+    return {k: v for k, v in made.items() if v is not None}

@@ -1,0 +1,212 @@
+"""Reports of a run folder: results.csv, Table 1 / Table 2 shaped Markdown, plots, summary.
+
+Everything is rebuilt from the JSON files on disk (``baseline.json``, ``arms/*/checkpoints``),
+so a resumed run reports exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from .state import ArmProgress, atomic_write_text, read_json
+
+# Table 1 columns: (key in a flattened row, header, scale to the paper's units, higher is better)
+EDIT_COLUMNS = [
+    ("efficacy", "Eff.↑", 100.0, True),
+    ("paraphrase", "Para.↑", 100.0, True),
+    ("neighborhood", "Neigh.↑", 100.0, True),
+    ("fluency", "Flu.↑", 100.0, True),
+    ("consistency", "Consis.↑", 100.0, True),
+]
+GENERAL_COLUMNS = [
+    ("glue_avg", "GLUE↑", 100.0, True),
+    ("ppl", "PPL↓", 1.0, False),
+    ("probe", "Probe↑", 100.0, True),
+    ("ls_mean", "LS↑", 1.0, True),
+    ("dom_share_mean", "DomΔ↓", 100.0, False),
+]
+_NEAR_ZERO = 1.0  # in table units: a baseline below this gets ↑↑ / ↓↓ instead of a percentage
+
+BASE_FIELDS = ["arm", "label", "method", "mode", "tau", "round", "edits", "final", "n_eval_records"]
+
+
+def flatten(record: dict) -> dict:
+    """One CSV row from a checkpoint (or baseline) JSON record."""
+    row = {k: record.get(k) for k in BASE_FIELDS}
+    for k, v in (record.get("edit") or {}).items():
+        if _is_number(v):
+            row[k] = v
+    for k, v in (record.get("general") or {}).items():
+        if _is_number(v):
+            row[k] = v
+    spec = record.get("spectral") or {}
+    for k, v in (spec.get("mean") or {}).items():
+        row[_spectral_name(k, "mean")] = v
+    for k, v in (spec.get("worst") or {}).items():
+        row[_spectral_name(k.removesuffix("_min"), "min")] = v
+    for k, v in (record.get("timing") or {}).items():
+        if _is_number(v):
+            row[k] = v
+    row["alarms"] = len(record.get("alarms") or [])
+    return row
+
+
+def _spectral_name(key: str, agg: str) -> str:
+    short = {"ls": "ls", "ss_left_mean_max": "ss_left", "ss_right_mean_max": "ss_right",
+             "norm_growth": "norm_growth"}.get(key, key)
+    return f"{short}_{agg}"
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def load_run(run_dir) -> dict:
+    """Baseline, per-arm checkpoint lists (sorted by round) and progress of a run folder."""
+    run_dir = Path(run_dir)
+    cfg = read_json(run_dir / "config.json")
+    baseline = read_json(run_dir / "baseline.json") if (run_dir / "baseline.json").exists() else None
+    arms = {}
+    for name in cfg.get("arms", []):
+        arm_dir = run_dir / "arms" / name
+        cps = sorted((read_json(p) for p in (arm_dir / "checkpoints").glob("round-*.json")),
+                     key=lambda r: r["round"]) if (arm_dir / "checkpoints").is_dir() else []
+        prog = ArmProgress.load(arm_dir)
+        arms[name] = {"checkpoints": cps, "progress": prog}
+    return {"config": cfg, "baseline": baseline, "arms": arms}
+
+
+def rows(run: dict) -> list[dict]:
+    out = []
+    if run["baseline"] is not None:
+        out.append(flatten(run["baseline"]))
+    for arm in run["arms"].values():
+        out += [flatten(cp) for cp in arm["checkpoints"]]
+    return out
+
+
+def to_csv(rows_: list[dict]) -> str:
+    fields = list(BASE_FIELDS)
+    for r in rows_:
+        fields += [k for k in r if k not in fields]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for r in rows_:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+    return buf.getvalue()
+
+
+def final_rows(run: dict) -> dict:
+    """Last checkpoint row of every arm that has one."""
+    return {name: flatten(a["checkpoints"][-1]) for name, a in run["arms"].items() if a["checkpoints"]}
+
+
+def _fmt(v, scale) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v * scale:.2f}"
+
+
+def relative_change(new, old, scale: float) -> str:
+    """'↑ 53.5%' / '↓ 0.1%' as in Table 1; '↑↑' where the plain score is near zero."""
+    if new is None or old is None:
+        return ""
+    a, b = new * scale, old * scale
+    if abs(b) < _NEAR_ZERO:
+        return "↑↑" if a > b + _NEAR_ZERO else ("↓↓" if a < b - _NEAR_ZERO else "=")
+    rel = (a - b) / abs(b) * 100.0
+    return f"{'↑' if rel >= 0 else '↓'} {abs(rel):.1f}%"
+
+
+def table1_markdown(run: dict) -> str:
+    """Table 1 shape: unedited model, then per method the plain row and '+REVIVE' rows with changes."""
+    cfg = run["config"]["config"]
+    finals = final_rows(run)
+    columns = [c for c in EDIT_COLUMNS + GENERAL_COLUMNS if _has(c[0], finals, run["baseline"])]
+    n_edits = max((r["edits"] for r in finals.values()), default=0)
+    lines = [f"Sequential editing of {cfg['model']}: {n_edits} edits in rounds of {cfg['batch_size']} "
+             f"(retention of ALL edits, evaluated after the last round)", "",
+             "| Method | " + " | ".join(c[1] for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    if run["baseline"] is not None:
+        b = flatten(run["baseline"])
+        lines.append(f"| {cfg['model']} (unedited) | " + " | ".join(_fmt(b.get(c[0]), c[2]) for c in columns) + " |")
+    for method in cfg["methods"]:
+        plain = next((r for r in finals.values() if r["method"] == method and r["mode"] == "plain"), None)
+        if plain is not None:
+            lines.append(f"| {method}{_stopped(run, plain)} | " +
+                         " | ".join(_fmt(plain.get(c[0]), c[2]) for c in columns) + " |")
+        for r in sorted((r for r in finals.values() if r["method"] == method and r["mode"] == "revive"),
+                        key=lambda r: r["tau"]):
+            name = "+REVIVE" + (f" (τ={r['tau']:g})" if len(cfg["taus"]) > 1 else "")
+            cells = []
+            for key, _, scale, _ in columns:
+                cell = _fmt(r.get(key), scale)
+                if plain is not None:
+                    change = relative_change(r.get(key), plain.get(key), scale)
+                    cell = f"{cell} {change}".strip()
+                cells.append(cell)
+            lines.append(f"| {name}{_stopped(run, r)} | " + " | ".join(cells) + " |")
+    lines += ["", "Eff./Para./Neigh./Consis./GLUE/Probe in %, Flu. = 100 × n-gram entropy (bits), "
+              "PPL on held-out text, LS = mean Eq. 3 similarity of the edited matrices to the originals, "
+              "DomΔ = % of the accumulated update ‖W_t − W_0‖² that lies in the original dominant subspace. "
+              "Changes are relative to the plain method (↑↑/↓↓: plain score near zero)."]
+    return "\n".join(lines) + "\n"
+
+
+def _stopped(run: dict, row: dict) -> str:
+    prog = run["arms"][row["arm"]]["progress"]
+    if prog is not None and prog.status == "stopped":
+        return f" (stopped by drift alarm at {row['edits']} edits)"
+    return ""
+
+
+def _has(key, finals: dict, baseline) -> bool:
+    vals = [r.get(key) for r in finals.values()]
+    if baseline is not None:
+        vals.append(flatten(baseline).get(key))
+    return any(v is not None for v in vals)
+
+
+def table2_markdown(run: dict) -> str | None:
+    """Table 2 shape (τ sweep): per method, one row per threshold; None without a sweep."""
+    cfg = run["config"]["config"]
+    if len(cfg["taus"]) < 2:
+        return None
+    finals = final_rows(run)
+    columns = [c for c in EDIT_COLUMNS + GENERAL_COLUMNS if _has(c[0], finals, None)]
+    lines = [f"REVIVE threshold sweep on {cfg['model']} ({cfg['n_edits']} edits)", "",
+             "| Method | Thresh | " + " | ".join(c[1] for c in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for method in cfg["methods"]:
+        plain = next((r for r in finals.values() if r["method"] == method and r["mode"] == "plain"), None)
+        if plain is not None:
+            lines.append(f"| {method} | plain | " + " | ".join(_fmt(plain.get(c[0]), c[2]) for c in columns) + " |")
+        for r in sorted((r for r in finals.values() if r["method"] == method and r["mode"] == "revive"),
+                        key=lambda r: r["tau"]):
+            lines.append(f"| {method}+REVIVE | {r['tau']:.2f} | " +
+                         " | ".join(_fmt(r.get(c[0]), c[2]) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(run_dir, plots: bool = True) -> dict:
+    """Write results.csv, table.md (+ tau_table.md) and plots; returns their paths."""
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    out = {}
+    atomic_write_text(run_dir / "results.csv", to_csv(rows(run)))
+    out["csv"] = run_dir / "results.csv"
+    atomic_write_text(run_dir / "table.md", table1_markdown(run))
+    out["table"] = run_dir / "table.md"
+    t2 = table2_markdown(run)
+    if t2 is not None:
+        atomic_write_text(run_dir / "tau_table.md", t2)
+        out["tau_table"] = run_dir / "tau_table.md"
+    if plots:
+        from .plots import write_plots
+        out["plots"] = write_plots(run, run_dir / "plots")
+    return out
