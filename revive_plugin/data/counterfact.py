@@ -135,22 +135,22 @@ def _read_json(path: str | os.PathLike):
         raise ValueError(f"{path}: not valid JSON: {e}") from None
 
 
-def load_counterfact(path: str | os.PathLike) -> list[dict]:
-    """Load counterfact.json / multi_counterfact.json (or our fact set) and validate it."""
+def _load_validated(path: str | os.PathLike, validate) -> list[dict]:
     data = _read_json(path)
     try:
-        return validate_counterfact(data)
+        return validate(data)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def load_counterfact(path: str | os.PathLike) -> list[dict]:
+    """Load counterfact.json / multi_counterfact.json (or our fact set) and validate it."""
+    return _load_validated(path, validate_counterfact)
 
 
 def load_zsre(path: str | os.PathLike) -> list[dict]:
     """Load zsre_mend_eval.json (or the train split) and validate it."""
-    data = _read_json(path)
-    try:
-        return validate_zsre(data)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    return _load_validated(path, validate_zsre)
 
 
 def zsre_to_requests(records: list[dict]) -> list[dict]:

@@ -34,9 +34,7 @@ class AlphaEditEditor(Editor):
             name = self.module_name(l)
             if self.state.get(f"P/{name}") is None:
                 self.state.set(f"P/{name}", nullspace_projector(self.covariance(l), self.hparams.nullspace_threshold))
-            if self.state.get(f"cache_c/{name}") is None:
-                d = self.state.get(f"P/{name}").shape[0]
-                self.state.set(f"cache_c/{name}", torch.zeros(d, d, device=self.weight(l).device))
+            init_edited_keys(self, l)
 
     def projector(self, layer: int) -> torch.Tensor:
         return self.state.get(f"P/{self.module_name(layer)}").to(self.weight(layer).device)
@@ -53,6 +51,14 @@ class AlphaEditEditor(Editor):
     @torch.no_grad()
     def after_round(self, requests):
         accumulate_edited_keys(self, requests)
+
+
+def init_edited_keys(editor: Editor, layer: int) -> None:
+    """An empty ``cache_c`` (Σ k kᵀ of keys already edited) for ``layer``, unless restored."""
+    key = f"cache_c/{editor.module_name(layer)}"
+    if editor.state.get(key) is None:
+        d = editor.covariance(layer).shape[0]
+        editor.state.set(key, torch.zeros(d, d, device=editor.weight(layer).device))
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import core
-from .alphaedit import accumulate_edited_keys
+from .alphaedit import accumulate_edited_keys, init_edited_keys
 from .apply import apply_with
 from .engine import Editor, swapped_weights
 from .hparams import NSEHyperParams
@@ -39,10 +39,7 @@ class NSEEditor(Editor):
     def setup(self):
         super().setup()
         for l in self.layers:
-            key = f"cache_c/{self.module_name(l)}"
-            if self.state.get(key) is None:
-                d = self.covariance(l).shape[0]
-                self.state.set(key, torch.zeros(d, d, device=self.weight(l).device))
+            init_edited_keys(self, l)
 
     def values(self, requests):
         originals = {self.param_name(l): self.original(l) for l in self.layers}
