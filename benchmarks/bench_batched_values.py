@@ -1,11 +1,12 @@
 """Batched target-value optimisation vs a per-request loop, on the bundled model (one run).
 
 Prints edits/s of the value stage for: the per-request loop as the reference runs it (full forward
-every step), the per-request loop with the truncated forward, and all requests of the round together
-(truncated forward); then the efficacy of a full MEMIT round built on the batched and on the
-reference-loop values (they must agree). Usage:
+every step), the per-request loop with the truncated forward, all requests of the round together with
+the truncated forward, and together with the prefix key/value cache (the default, ``forward="auto"``);
+then the efficacy of a full MEMIT round built on the batched and on the reference-loop values (they
+must agree). Usage:
 
-    python benchmarks/bench_batched_values.py [--n 20] [--steps 10] [--prefixes 5] [--model smollm2-135m]
+    python benchmarks/bench_batched_values.py [--n 50] [--steps 10] [--prefixes 5] [--model smollm2-135m]
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from revive_plugin.data.facts import load_facts
 from revive_plugin.evaluation.counterfact import evaluate_counterfact
 from revive_plugin.models import load_model
 
+BATCHED = "batched, prefix-cached (default)"
+
+
 def efficacy(model, tok, records) -> float:
     """CounterFact efficacy (new object more likely than the true one) on the edited prompts."""
     return evaluate_counterfact(model, tok, records, max_paraphrase=0, max_neighborhood=0, progress=False)["efficacy"]
@@ -29,7 +33,7 @@ def efficacy(model, tok, records) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--n", type=int, default=20, help="edits (taken from the offline fact set)")
+    ap.add_argument("--n", type=int, default=50, help="edits (taken from the offline fact set); 50 = a round of the default bench")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--prefixes", type=int, default=5)
     ap.add_argument("--stats-samples", type=int, default=300)
@@ -45,25 +49,26 @@ def main() -> None:
         editor.prepare()
         templates = editor.templates
         timings, values = {}, {}
-        for label, chunk, truncate in (("loop, full forward (reference)", 1, False),
-                                       ("loop, truncated forward", 1, True),
-                                       ("batched, truncated forward", None, True)):
+        for label, chunk, mode in (("loop, full forward (reference)", 1, "full"),
+                                   ("loop, truncated forward", 1, "truncated"),
+                                   ("batched, truncated forward", None, "truncated"),
+                                   (BATCHED, None, "auto")):
             t0 = time.perf_counter()
             values[label] = core.compute_target_values(model, tok, reqs, hp, editor.z_module, templates=templates,
-                                                       chunk_size=chunk, truncate=truncate)
+                                                       chunk_size=chunk, forward=mode)
             timings[label] = time.perf_counter() - t0
         ref = "loop, full forward (reference)"
         print(f"value optimisation, {len(reqs)} requests x {args.steps} steps, {1 + args.prefixes} contexts, "
               f"{torch.get_num_threads()} threads")
         for label, secs in timings.items():
-            print(f"  {label:32s} {len(reqs) / secs:8.3f} edits/s  ({secs:7.1f} s)  "
+            print(f"  {label:34s} {len(reqs) / secs:8.3f} edits/s  ({secs:7.1f} s)  "
                   f"speed-up x{timings[ref] / secs:5.2f}")
-        diff = (values["batched, truncated forward"] - values[ref]).norm() / values[ref].norm()
+        diff = (values[BATCHED] - values[ref]).norm() / values[ref].norm()
         print(f"  relative difference of the batched vs loop values: {float(diff):.2e}")
 
         pristine = {n: editor.weight(l).detach().clone() for n, l in zip(editor.edited_params, editor.layers)}
         print(f"efficacy before editing: {efficacy(model, tok, records):.3f}")
-        for label in (ref, "batched, truncated forward"):
+        for label in (ref, BATCHED):
             with torch.no_grad():
                 for n, l in zip(editor.edited_params, editor.layers):
                     editor.weight(l).copy_(pristine[n])

@@ -6,8 +6,11 @@ MEMIT (or --method) plain and one with +REVIVE, alternating round by round so th
 noise hits both alike. The projection (Eq. 6) is timed in place by wrapping the editor's own
 Reviver.project; the one-time SVD of the original weights (first round) is reported apart.
 
-    python benchmarks/bench_revive_overhead.py                 # bundled model, 3 rounds of 20
+    python benchmarks/bench_revive_overhead.py                 # bundled model, 3 rounds of 50
     python benchmarks/bench_revive_overhead.py --rounds 5 --batch 100 --model <hf-folder>
+
+Editors are built exactly as ``revive bench`` builds them (default preset's hparams overrides, covariance
+statistics in the shared cache folder).
 """
 
 from __future__ import annotations
@@ -36,31 +39,29 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--method", default="MEMIT")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=50, help="edits per round (50 = the default bench's round)")
     ap.add_argument("--tau", type=float, default=0.1)
     ap.add_argument("--device", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="hparams override (YAML value), repeatable")
+                    help="hparams override (YAML value), repeatable; the default bench preset's overrides apply first")
     args = ap.parse_args(argv)
 
     import yaml
 
+    from revive_plugin.bench.components import ProjectComponents
+    from revive_plugin.bench.config import preset_config
     from revive_plugin.data.facts import load_facts
-    from revive_plugin.editing import load_hparams, make_editor
-    from revive_plugin.models import load_model
 
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.overrides)}
-    model_a, tok = load_model(args.model, device=args.device)
+    cfg = preset_config("default", methods=[args.method], model=args.model, device=args.device,
+                        hparams_overrides=over)
+    parts = ProjectComponents()
+    model_a, tok = parts.load_model(cfg)
     model_b = copy.deepcopy(model_a)
-    for m in (model_a, model_b):
-        m.eval().requires_grad_(False)
     records = load_facts()[: args.rounds * args.batch]
-    eds = {
-        "plain": make_editor(args.method, model_a, tok, load_hparams(args.method, args.model, None, use_revive=False, **over)),
-        "revive": make_editor(args.method, model_b, tok,
-                              load_hparams(args.method, args.model, None, use_revive=True, revive_tau=args.tau, **over)),
-    }
+    eds = {"plain": parts.make_editor(cfg, args.method, model_a, tok),
+           "revive": parts.make_editor(cfg, args.method, model_b, tok, revive_tau=args.tau)}
     round_s = {"plain": [], "revive": []}
     proj_s: list[list[float]] = []
     holder = {"bucket": []}

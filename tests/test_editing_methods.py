@@ -63,8 +63,11 @@ def test_counterfactual_batch_is_learned(bundled_model, stats_dir, method):
     editor = make_editor(method, model, tok, hp)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n in editor.edited_params}
     assert efficacy(model, tok, REQUESTS) <= 0.5
-    editor.edit(REQUESTS)
+    info = editor.edit(REQUESTS)
     assert efficacy(model, tok, REQUESTS) >= 0.9
+    # the projection's time is reported per written weight when REVIVE is on (the bench sums it)
+    per_weight = [info["layers"][n] for n in editor.edited_params]
+    assert per_weight and all(("time_project_s" in v) == use_revive for v in per_weight)
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before.get(n, p))]
     assert set(changed) <= set(editor.edited_params) and changed
     if use_revive:

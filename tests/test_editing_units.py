@@ -120,7 +120,8 @@ def test_batched_values_equal_per_request(small_model):
     z_all = core.compute_target_values(model, tok, reqs, hp, "model.layers.2")
     z_one = core.compute_target_values(model, tok, reqs, hp, "model.layers.2", chunk_size=1)
     assert torch.allclose(z_all, z_one, atol=1e-4, rtol=1e-4)
-    z_full = core.compute_target_values(model, tok, reqs, hp, "model.layers.2", truncate=False)
-    assert torch.allclose(z_all, z_full, atol=1e-4, rtol=1e-4)
+    for mode in ("full", "truncated", "cached"):
+        z_mode = core.compute_target_values(model, tok, reqs, hp, "model.layers.2", forward=mode)
+        assert torch.allclose(z_all, z_mode, atol=1e-4, rtol=1e-4), mode
     keys, cur = core.compute_keys(model, tok, reqs, ["model.layers.1.mlp.down_proj"], z_module="model.layers.2")
     assert keys["model.layers.1.mlp.down_proj"].shape == (3, 128) and cur.shape == (3, 64)

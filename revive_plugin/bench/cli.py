@@ -61,7 +61,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="starting values: default (CPU, minutes), long (CPU, about an hour), paper "
+                   help="starting values: default (CPU, minutes), long (CPU, ~45 min), paper "
                         "(10k edits, 5 methods, GPU), smoke (seconds); flags below override them (default: default)")
     g.add_argument("--out", type=Path, default=None,
                    help="new run folder (default: ./revive-runs/bench-<time>); refused when not empty")

@@ -57,6 +57,8 @@ def _series(run: dict):
 
 def _metric_grid(run, keys, x_key, xlabel, title, path, baseline_row):
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     style = _style(run)
     keys = [(k, t) for k, t in keys if any(r.get(k) is not None for _, rows in _series(run) for r in rows)]
     if not keys:
@@ -74,6 +76,7 @@ def _metric_grid(run, keys, x_key, xlabel, title, path, baseline_row):
             ax.axhline(baseline_row[key], color="grey", linestyle=":", linewidth=1, label="unedited")
         ax.set_title(label)
         ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds and edit counts are whole numbers
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")

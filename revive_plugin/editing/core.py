@@ -3,7 +3,8 @@
 * keys k: input of the FFN output matrix at the subject's last token, averaged over short context
   prefixes (:func:`compute_keys`);
 * target values z at the last edit layer: Adam on one delta per request, all requests of a round in
-  one padded forward/backward per step (:func:`compute_target_values`); loss = NLL of the new target +
+  one padded forward/backward per step over the blocks after z and the tokens from the lookup token on
+  (:func:`compute_target_values`, :mod:`.forward`); loss = NLL of the new target +
   ``kl_factor``·KL on "{subject} is a" + ``v_weight_decay``·‖δ‖/‖z₀‖², δ clamped to
   ``clamp_norm_factor``·‖z₀‖ (MEMIT);
 * residual spread R = (z − current output)/(layers left) and the covariance-weighted least-squares
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import nethook
+from . import forward as forward_runners
 from .covariance import pad_batch, pad_id_of
 
 #: Context templates: group 0 is the bare prompt, group 1 five short fixed prefixes. Keys average each
@@ -190,13 +192,6 @@ def _lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return logits.float()
 
 
-def _base_model(model):
-    base = getattr(model, model.base_model_prefix, None)
-    if base is None:
-        raise ValueError(f"cannot find the base model ({model.base_model_prefix!r}) of {type(model).__name__}")
-    return base
-
-
 def _value_batch(tok, requests, fact_token, templates):
     """Sequences, lookup positions and target/KL bookkeeping for a set of requests."""
     seqs, look_pos, look_req = [], [], []
@@ -219,127 +214,79 @@ def _value_batch(tok, requests, fact_token, templates):
                 tgt_w.append(1.0 / (len(t_ids) * len(flat)))
         ids, p = encode_at_subject(tok, KL_PROMPT, r["subject"], fact_token)
         kl_row.append(len(seqs)), kl_pos.append(p)
-        seqs.append(ids), look_pos.append(p), look_req.append(ri)
+        seqs.append(ids[: p + 1]), look_pos.append(p), look_req.append(ri)  # KL is read at the lookup token
     return dict(seqs=seqs, look_pos=look_pos, look_req=look_req, tgt_row=tgt_row, tgt_pos=tgt_pos,
                 tgt_tok=tgt_tok, tgt_req=tgt_req, tgt_w=tgt_w, kl_row=kl_row, kl_pos=kl_pos, init_row=init_row)
 
 
 def compute_target_values(model, tok, requests: Sequence[dict], hparams, z_module: str,
                           templates=CONTEXT_TEMPLATES, chunk_size: int | None = None,
-                          early_stop: float = 5e-2, truncate: bool = True) -> torch.Tensor:
+                          early_stop: float = 5e-2, forward: str = "auto") -> torch.Tensor:
     """Target values z (n × hidden, float32) at the output of block ``z_module``.
 
     Requests are optimised together, ``chunk_size`` at a time (None = all): each keeps its own delta,
     and the summed loss gives every delta exactly its own gradient, so Adam (element-wise) follows the
-    same path as a per-request loop; a request whose loss falls below ``early_stop`` is frozen (MEMIT).
-    ``truncate``: for decoder stacks without absolute position embeddings, the blocks up to z (which do
-    not depend on δ) run once and each step restarts the stack after z (same result, less compute).
+    same path as a per-request loop; a request whose loss falls below ``early_stop`` is frozen (MEMIT)
+    and leaves the batch. ``forward`` picks how the model runs after z (:mod:`.forward`; "auto" = the
+    cheapest exact runner: prefix key/value cache, else truncated stack, else the full model).
     """
     n = len(requests)
     chunk = n if not chunk_size else int(chunk_size)
     out = []
     for s in range(0, n, chunk):
         out.append(_values_chunk(model, tok, requests[s : s + chunk], hparams, z_module, templates, early_stop,
-                                 truncate))
+                                 forward))
     return torch.cat(out)
 
 
-_TRUNCATABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"}
-
-
-def _truncation(model, z_module: str):
-    """(base, index of the z block) when the forward can restart after the z block with
-    ``inputs_embeds`` (decoder stacks in ``base.layers`` without absolute position embeddings)."""
-    if getattr(model.config, "model_type", None) not in _TRUNCATABLE:
-        return None
-    base = _base_model(model)
-    parent, _, idx = z_module.rpartition(".")
-    layers = getattr(base, "layers", None)
-    if not idx.isdigit() or layers is None or parent != f"{model.base_model_prefix}.layers":
-        return None
-    return base, int(idx)
-
-
-class _LayersFrom:
-    """Temporarily run only ``base.layers[start:]``."""
-
-    def __init__(self, base, start: int):
-        self.base, self.start = base, start
-
-    def __enter__(self):
-        self.orig = self.base.layers
-        self.base.layers = torch.nn.ModuleList(list(self.orig)[self.start :])
-
-    def __exit__(self, *exc):
-        self.base.layers = self.orig
-
-
-def _values_chunk(model, tok, requests, hp, z_module, templates, early_stop, truncate=True):
+def _values_chunk(model, tok, requests, hp, z_module, templates, early_stop, mode="auto"):
     device = _model_device(model)
     b = _value_batch(tok, requests, hp.fact_token, templates)
     n = len(requests)
     ids, mask = pad_batch(b["seqs"], pad_id_of(tok), device)
     T = lambda key: torch.tensor(b[key], device=device)  # noqa: E731
     look_pos, look_req, init_row = T("look_pos"), T("look_req"), T("init_row")
-    look_rows = torch.arange(len(b["seqs"]), device=device)
     tgt_row, tgt_pos, tgt_tok, tgt_req = T("tgt_row"), T("tgt_pos"), T("tgt_tok"), T("tgt_req")
     tgt_w = torch.tensor(b["tgt_w"], device=device, dtype=torch.float32)
     kl_row, kl_pos = T("kl_row"), T("kl_pos")
     hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
     delta = torch.zeros(n, hidden, device=device, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    z_init: torch.Tensor | None = None
     kl_init: torch.Tensor | None = None
     done = torch.zeros(n, dtype=torch.bool, device=device)
-    base = _base_model(model)
-    trunc = _truncation(model, z_module) if truncate else None
-
-    def inject(name, output):
-        nonlocal z_init
-        h = nethook.hidden_of(output)
-        if z_init is None:
-            z_init = h[init_row, look_pos[init_row]].detach().float().clone()
-        h = h.index_put((look_rows, look_pos), delta[look_req].to(h.dtype), accumulate=True)
-        return nethook.with_hidden(output, h)
+    local = torch.full((len(b["seqs"]),), -1, dtype=torch.long, device=device)
 
     was_training = model.training
     model.eval()
     with contextlib.ExitStack() as stack:
         stack.callback(model.train, was_training)
         stack.enter_context(nethook.frozen(model))
-        if trunc is not None:
-            # The blocks up to z do not depend on δ: run them once, then restart the stack after z.
-            with torch.no_grad(), nethook.Trace(model, [z_module], outputs=True, stop=True) as tr:
-                tr.run(model, input_ids=ids, attention_mask=mask, use_cache=False)
-            h_z = tr.outputs[z_module]
-            z_init = h_z[init_row, look_pos[init_row]].float().clone()
-            stack.enter_context(_LayersFrom(trunc[0], trunc[1] + 1))
-
-            def forward():
-                h = h_z.index_put((look_rows, look_pos), delta[look_req].to(h_z.dtype), accumulate=True)
-                return base(inputs_embeds=h, attention_mask=mask, use_cache=False)[0]
-        else:
-            stack.enter_context(nethook.Trace(model, [z_module], edit_output=inject))
-
-            def forward():
-                return base(input_ids=ids, attention_mask=mask, use_cache=False)[0]
-
+        run, z_lookup = forward_runners.make_runner(model, z_module, ids, mask, look_pos, look_req, stack, mode)
+        z_init = z_lookup[init_row]
         for it in range(hp.v_num_grad_steps):
             opt.zero_grad()
-            last = forward()
-            logp_t = torch.log_softmax(_lm_logits(model, last[tgt_row, tgt_pos]), dim=-1)
-            picked = logp_t.gather(1, tgt_tok.unsqueeze(1)).squeeze(1)
-            nll = torch.zeros(n, device=device).index_add(0, tgt_req, -picked * tgt_w)
-            kl_logp = torch.log_softmax(_lm_logits(model, last[kl_row, kl_pos]), dim=-1)
-            if kl_init is None:
+            act = (~done).nonzero().squeeze(1)  # requests still optimised
+            rows = (~done[look_req]).nonzero().squeeze(1)
+            local[rows] = torch.arange(len(rows), device=device)
+            last = run(rows, delta)
+            t_sel = (~done[tgt_req]).nonzero().squeeze(1)
+            t_row = tgt_row[t_sel]
+            h_t = last[local[t_row], tgt_pos[t_sel] - run.offset[t_row]]
+            logp_t = torch.log_softmax(_lm_logits(model, h_t), dim=-1)
+            picked = logp_t.gather(1, tgt_tok[t_sel].unsqueeze(1)).squeeze(1)
+            nll = torch.zeros(n, device=device).index_add(0, tgt_req[t_sel], -picked * tgt_w[t_sel])[act]
+            k_row = kl_row[act]
+            kl_logp = torch.log_softmax(_lm_logits(model, last[local[k_row], kl_pos[act] - run.offset[k_row]]), dim=-1)
+            if it == 0:
                 kl_init = kl_logp.detach().clone()
-            kl = (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)
-            wd = hp.v_weight_decay * delta.norm(dim=1) / z_init.norm(dim=1) ** 2
-            loss_each = nll + hp.kl_factor * kl + wd
-            done |= loss_each.detach() < early_stop
+            kl = (kl_logp.exp() * (kl_logp - kl_init[act])).sum(-1)
+            wd = hp.v_weight_decay * delta[act].norm(dim=1) / z_init[act].norm(dim=1) ** 2
+            loss_act = nll + hp.kl_factor * kl + wd
+            newly = loss_act.detach() < early_stop
+            done[act] |= newly
             if bool(done.all()) or it == hp.v_num_grad_steps - 1:
                 break
-            (loss_each * (~done).float()).sum().backward()
+            (loss_act * (~newly).float()).sum().backward()
             keep = delta.detach()[done].clone()
             opt.step()
             with torch.no_grad():

@@ -182,10 +182,14 @@ class Editor:
         """``W += ΔW`` (storage layout), projected first when REVIVE is on."""
         w = self.weight(layer)
         name = self.param_name(layer)
+        info = {}
         if self.hparams.use_revive:
+            t0 = time.perf_counter()
             d = self.state.reviver.project(name, d)
+            info["time_project_s"] = _synced_seconds(d, t0)
         w[...] += d.to(dtype=w.dtype)
-        return {"delta_norm": float(d.float().norm())}
+        info["delta_norm"] = float(d.float().norm())
+        return info
 
     # ------------------------------------------------------------------ round
     def edit(self, requests) -> dict:
@@ -251,3 +255,10 @@ def coerce_hparams(hparams, cls: type[EditHParams]) -> EditHParams:
     known = {f.name for f in fields(cls)}
     data = {k: v for k, v in vars(hparams).items() if k in known}
     return cls.from_dict(data, source=type(hparams).__name__)
+
+
+def _synced_seconds(t: torch.Tensor, t0: float) -> float:
+    """Seconds since ``t0`` once the work producing ``t`` has finished (CUDA kernels run asynchronously)."""
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+    return time.perf_counter() - t0

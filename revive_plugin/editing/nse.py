@@ -76,7 +76,9 @@ class NSEEditor(Editor):
                 out = self.write(layer, delta)
                 entry = info[self.param_name(layer)]
                 entry["neurons"].append(sel.tolist())
-                entry["delta_norm"] += out["delta_norm"]
+                for key in ("delta_norm", "time_project_s"):
+                    if key in out:
+                        entry[key] = entry.get(key, 0.0) + out[key]
         return info
 
     def after_round(self, requests):
