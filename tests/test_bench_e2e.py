@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from city_facts import write_city_facts
 from safetensors.torch import load_file
 
 from revive_plugin.bench import preset_config, run_bench
@@ -27,24 +28,9 @@ class TinyComponents(ProjectComponents):
         return self.model, self.tok
 
 
-CITIES = [("Lyon", "France", "Peru"), ("Osaka", "Japan", "Chile"), ("Porto", "Portugal", "Kenya"),
-          ("Bergen", "Norway", "Egypt"), ("Graz", "Austria", "Brazil"), ("Turku", "Finland", "Mexico"),
-          ("Cork", "Ireland", "India"), ("Ghent", "Belgium", "Ghana"), ("Split", "Croatia", "Nepal"),
-          ("Malmo", "Sweden", "Cuba")]
-
-
 def _facts_file(tmp_path):
     """A small CounterFact-style file (also exercises --data)."""
-    recs = [{"case_id": i, "requested_rewrite": {"prompt": "{} is located in the country of", "subject": c,
-                                                  "target_new": {"str": new}, "target_true": {"str": true}},
-             "paraphrase_prompts": [f"The city of {c} lies in the country of"],
-             "neighborhood_prompts": [f"{CITIES[(i + 1) % len(CITIES)][0]} is located in the country of"],
-             "neighborhood_targets": [CITIES[(i + 1) % len(CITIES)][1]],
-             "generation_prompts": [f"{c} is known for"]}
-            for i, (c, true, new) in enumerate(CITIES)]
-    path = tmp_path / "facts.json"
-    path.write_text(json.dumps(recs))
-    return str(path)
+    return write_city_facts(tmp_path / "facts.json")
 
 
 def _cfg(tmp_path, glue_dir, **kw):

@@ -25,6 +25,7 @@ from typing import List
 
 import pytest
 import torch
+from city_facts import write_city_facts
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -137,22 +138,6 @@ def test_records_become_easyedit_requests():
 
 
 # ---------------------------------------------------------------------------- end to end (EasyEdit main)
-CITIES = [("Lyon", "France", "Peru"), ("Osaka", "Japan", "Chile"), ("Porto", "Portugal", "Kenya"),
-          ("Bergen", "Norway", "Egypt"), ("Graz", "Austria", "Brazil")]
-
-
-def _facts_file(path: Path) -> str:
-    recs = [{"case_id": i, "requested_rewrite": {"prompt": "{} is located in the country of", "subject": c,
-                                                  "target_new": {"str": new}, "target_true": {"str": true}},
-             "paraphrase_prompts": [f"The city of {c} lies in the country of"],
-             "neighborhood_prompts": [f"{CITIES[(i + 1) % len(CITIES)][0]} is located in the country of"],
-             "neighborhood_targets": [CITIES[(i + 1) % len(CITIES)][1]],
-             "generation_prompts": [f"{c} is known for"]}
-            for i, (c, true, new) in enumerate(CITIES)]
-    path.write_text(json.dumps(recs))
-    return str(path)
-
-
 def _bench_args(out: Path, data: str, stats: Path) -> list[str]:
     return ["bench", "--host", "easyedit", "--preset", "smoke", "--model", "smollm2-135m", "--data", data,
             "-n", "4", "-b", "2", "--eval-every", "1", "--generation", "none", "--glue-n", "0",
@@ -187,7 +172,7 @@ def test_bench_easyedit_host_memit_end_to_end(tmp_path):
     from revive_plugin.models import bundled_model_dir
     from revive_plugin.projection import DominantBasis
 
-    data, stats = _facts_file(tmp_path / "facts.json"), tmp_path / "stats"
+    data, stats = write_city_facts(tmp_path / "facts.json", 5), tmp_path / "stats"
     full, cut = tmp_path / "full", tmp_path / "cut"
     r = _run_script(src, tmp_path, "full", *_bench_args(full, data, stats))
     print(r.stdout[-6000:])
