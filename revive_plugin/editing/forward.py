@@ -127,16 +127,15 @@ class PrefixCachedForward:
         self.base, self.look_req = base, look_req
         device = h_z.device
         lengths = mask.sum(1)
-        self.P = int(look_pos.max())
-        width = int((lengths - look_pos).max())
+        P, width = int(look_pos.max()), int((lengths - look_pos).max())
         j = torch.arange(width, device=device)
         src = (look_pos[:, None] + j).clamp_max(h_z.shape[1] - 1)
         self.suffix_len = lengths - look_pos
         self.suffix_mask = (j < self.suffix_len[:, None]).to(mask.dtype)
         self.suffix_h = torch.gather(h_z, 1, src[..., None].expand(-1, -1, h_z.shape[2]))
         self.suffix_pos = look_pos[:, None] + j
-        self.prefix_mask = (torch.arange(self.P, device=device) < look_pos[:, None]).to(mask.dtype)
-        self.kv = [(k[:, :, : self.P], v[:, :, : self.P]) for k, v in kv]
+        self.prefix_mask = (torch.arange(P, device=device) < look_pos[:, None]).to(mask.dtype)
+        self.kv = [(k[:, :, :P], v[:, :, :P]) for k, v in kv]
         self.look_pos = self.offset = look_pos
 
     def __call__(self, rows: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
