@@ -124,6 +124,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"held-out Wikipedia texts for perplexity, 0 = skip {_d('ppl_texts')}")
     g.add_argument("--probe-n", type=int, default=None,
                    help=f"facts in the knowledge probe (known by the unedited model), 0 = skip {_d('probe_n')}")
+    g.add_argument("--repr-n", type=int, default=None,
+                   help="never-edited factual prompts whose hidden states are compared with the unedited model's "
+                        f"(representation drift, Fig 10), 0 = skip {_d('repr_n')}")
     g.add_argument("--spectral-tau", type=float, default=None,
                    help="energy share defining the dominant subspace for LS/SS (§2.3) (default: 0.1)")
     g = p.add_argument_group("drift alarm (works on plain methods too)")
@@ -144,7 +147,7 @@ _FLAG_TO_FIELD = {
     "eval_max_edits": "eval_max_edits", "n_paraphrase": "n_paraphrase", "n_neighborhood": "n_neighborhood",
     "eval_batch_size": "eval_batch_size", "generation": "generation", "n_generation": "n_generation",
     "glue_dir": "glue_dir", "glue_tasks": "glue_tasks", "glue_n": "glue_n", "glue_shots": "glue_shots",
-    "ppl_texts": "ppl_texts", "probe_n": "probe_n", "spectral_tau": "spectral_tau", "alarm_ls": "alarm_ls",
+    "ppl_texts": "ppl_texts", "probe_n": "probe_n", "repr_n": "repr_n", "spectral_tau": "spectral_tau", "alarm_ls": "alarm_ls",
     "alarm_ss": "alarm_ss", "alarm_action": "alarm_action", "save_every": "save_every", "device": "device",
     "quiet": "quiet",
 }

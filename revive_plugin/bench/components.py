@@ -95,6 +95,24 @@ class GeneralEvaluator:
                                                   batch_size=cfg.eval_batch_size, progress=False)
                 if path is not None:
                     atomic_write_json(path, {"probe": self.probe.to_dict()})
+        self.repr_prompts = [c["prompt"] for c in probe_candidates(list(probe_records)[: cfg.repr_n])]
+        self.repr_reference = self._repr_reference(model, tok, state_path) if len(self.repr_prompts) > 1 else None
+        self.last_repr_states = None
+
+    def _repr_reference(self, model, tok, state_path):
+        """Unedited hidden states of the never-edited prompts, kept beside ``state_path`` so that a
+        resumed run compares against the same reference."""
+        from revive_plugin.evaluation.representation import prompt_states
+
+        from .state import REPR_REFERENCE_FILE, load_tensors, save_tensors_atomic
+
+        path = Path(state_path).with_name(REPR_REFERENCE_FILE) if state_path is not None else None
+        if path is not None and path.is_file():
+            return load_tensors(path)["states"]
+        states = prompt_states(model, tok, self.repr_prompts, batch_size=self.cfg.eval_batch_size)
+        if path is not None:
+            save_tensors_atomic(path, {"states": states})
+        return states
 
     @torch.no_grad()
     def evaluate(self, model, tok) -> dict:
@@ -112,6 +130,11 @@ class GeneralEvaluator:
                                                   max_length=self.cfg.ppl_max_length, progress=False))
         if self.probe is not None and len(self.probe):
             out["probe"] = float(self.probe.score(model, tok, batch_size=self.cfg.eval_batch_size, progress=False))
+        if self.repr_reference is not None:
+            from revive_plugin.evaluation.representation import drift_metrics, prompt_states
+
+            self.last_repr_states = prompt_states(model, tok, self.repr_prompts, batch_size=self.cfg.eval_batch_size)
+            out.update(drift_metrics(self.repr_reference, self.last_repr_states))
         return out
 
 

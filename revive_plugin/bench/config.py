@@ -58,6 +58,7 @@ class BenchConfig:
     ppl_texts: int = 64
     ppl_max_length: int = 128
     probe_n: int = 100
+    repr_n: int = 1000
     spectral_tau: float = 0.1
     alarm_ls: float | None = None
     alarm_ss: float | None = None
@@ -119,7 +120,7 @@ class BenchConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"{name} must be a non-negative integer or None, got {v!r}")
-        for name in ("n_generation", "glue_n", "glue_shots", "ppl_texts", "probe_n", "ppl_max_length"):
+        for name in ("n_generation", "glue_n", "glue_shots", "ppl_texts", "probe_n", "repr_n", "ppl_max_length"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
@@ -176,7 +177,7 @@ PRESETS: dict[str, dict] = {
                   n_generation=200, glue_n=200, ppl_texts=256, probe_n=500),
     "smoke": dict(methods=["MEMIT"], n_edits=4, batch_size=2, eval_every=1, n_paraphrase=1,
                   n_neighborhood=1, generation="final", n_generation=2, glue_n=4, ppl_texts=4,
-                  probe_n=4, glue_tasks=["sst2"]),
+                  probe_n=4, repr_n=8, glue_tasks=["sst2"]),
 }
 
 

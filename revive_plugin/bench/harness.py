@@ -25,8 +25,8 @@ import torch
 from .alarm import DriftAlarm
 from .config import BenchConfig, config_diff, config_hash, records_fingerprint
 from .state import (
-    EDITOR_DIR, PARAMS_FILE, ArmProgress, atomic_write_json, load_tensors, prune_states,
-    read_json, write_round_state,
+    EDITOR_DIR, PARAMS_FILE, REPR_FINAL_FILE, ArmProgress, atomic_write_json, load_tensors, prune_states,
+    read_json, save_tensors_atomic, write_round_state,
 )
 
 log = logging.getLogger(__name__)
@@ -369,6 +369,9 @@ class BenchRun:
         record = {"arm": arm.name, "label": arm.label, "method": arm.method, "mode": arm.mode,
                   "tau": arm.tau, "round": prog.rounds_done, "edits": prog.edits_done, "final": final,
                   **result, "timing": timing, "alarms": [e.to_dict() for e in events]}
+        states = getattr(self.general, "last_repr_states", None)
+        if final and states is not None:
+            save_tensors_atomic(arm_dir / REPR_FINAL_FILE, {"states": states})
         atomic_write_json(arm_dir / "checkpoints" / f"round-{prog.rounds_done:05d}.json", record)
         return self.alarm.should_stop(events)
 

@@ -56,6 +56,7 @@ def _series(run: dict):
 
 
 def _metric_grid(run, keys, x_key, xlabel, title, path, baseline_row):
+    """One panel per metric; every curve starts at the unedited model (x = 0) when it was measured."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
@@ -67,13 +68,14 @@ def _metric_grid(run, keys, x_key, xlabel, title, path, baseline_row):
     nrow = (len(keys) + ncol - 1) // ncol
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.4 * nrow), squeeze=False)
     for ax, (key, label) in zip(axes.flat, keys):
+        start = [(0, baseline_row[key])] if baseline_row is not None and baseline_row.get(key) is not None else []
         for name, rows in _series(run):
             pts = [(r[x_key], r[key]) for r in rows if r.get(key) is not None]
             if pts:
-                xs, ys = zip(*pts)
+                xs, ys = zip(*(start + pts))
                 ax.plot(xs, ys, label=rows[0]["label"], **style(rows[0]))
-        if baseline_row is not None and baseline_row.get(key) is not None:
-            ax.axhline(baseline_row[key], color="grey", linestyle=":", linewidth=1, label="unedited")
+        if start:
+            ax.axhline(start[0][1], color="grey", linestyle=":", linewidth=1, label="unedited")
         ax.set_title(label)
         ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds and edit counts are whole numbers
@@ -141,6 +143,38 @@ def _tau_sweep(run, path):
     return path
 
 
+def _repr_scatter(run, path):
+    """Fig 10 style: hidden states of the never-edited prompts before (unedited) and after the last
+    checkpoint of every arm, on the unedited states' top two principal axes (PCA)."""
+    from .state import REPR_FINAL_FILE, REPR_REFERENCE_FILE, load_tensors
+
+    if not run.get("run_dir"):
+        return None
+    run_dir = Path(run["run_dir"])
+    ref_path = run_dir / REPR_REFERENCE_FILE
+    finals = [(a["checkpoints"][-1], run_dir / "arms" / n / REPR_FINAL_FILE) for n, a in run["arms"].items()
+              if a["checkpoints"] and (run_dir / "arms" / n / REPR_FINAL_FILE).is_file()]
+    if not ref_path.is_file() or not finals:
+        return None
+    from revive_plugin.evaluation.representation import pca_2d
+
+    plt = _plt()
+    ref = load_tensors(ref_path)["states"]
+    points = pca_2d(ref, *(load_tensors(p)["states"] for _, p in finals))
+    fig, axes = plt.subplots(1, len(finals), figsize=(4.2 * len(finals), 4.0), squeeze=False, sharex=True, sharey=True)
+    for ax, (cp, _), after in zip(axes.flat, finals, points[1:]):
+        ax.scatter(points[0][:, 0], points[0][:, 1], s=4, alpha=0.5, color="grey", label="unedited")
+        ax.scatter(after[:, 0], after[:, 1], s=4, alpha=0.5, color="tab:red", label="edited")
+        cos = (cp.get("general") or {}).get("repr_cos")
+        ax.set_title(f"{cp['label']}, {cp['edits']} edits" + (f"\ncos {cos:.3f}" if cos is not None else ""), fontsize=9)
+        ax.set_xlabel("PC 1 (unedited)")
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel("PC 2 (unedited)")
+    _legend_and_save(fig, axes, f"Representations of {len(ref)} never-edited prompts ({run['config']['config']['model']})", path)
+    plt.close(fig)
+    return path
+
+
 def write_plots(run: dict, out_dir) -> dict:
     """Write every plot that the run's data supports; returns {name: path}."""
     out_dir = Path(out_dir)
@@ -149,7 +183,8 @@ def write_plots(run: dict, out_dir) -> dict:
     model = run["config"]["config"]["model"]
     general = sorted({k for _, rows in _series(run) for r in rows for k in r if k.startswith("glue_")})
     general_keys = [(k, k.removeprefix("glue_").upper() if k != "glue_avg" else "GLUE average") for k in general]
-    general_keys += [("ppl", "Held-out perplexity"), ("probe", "Knowledge probe")]
+    general_keys += [("ppl", "Held-out perplexity"), ("probe", "Knowledge probe"),
+                     ("repr_cos", "Representation cosine to unedited"), ("repr_cka", "Representation linear CKA")]
     made = {
         "edit_metrics": _metric_grid(run, _EDIT, "edits", "number of edits",
                                      f"Retention of all edits so far ({model})",
@@ -166,5 +201,6 @@ def write_plots(run: dict, out_dir) -> dict:
                                  out_dir / "spectral_vs_rounds.png", None),
         "ss_heatmap": _ss_heatmaps(run, out_dir / "ss_heatmap.png"),
         "tau_sweep": _tau_sweep(run, out_dir / "tau_sweep.png"),
+        "representations": _repr_scatter(run, out_dir / "representations_pca.png"),
     }
     return {k: v for k, v in made.items() if v is not None}

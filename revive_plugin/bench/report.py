@@ -25,6 +25,7 @@ GENERAL_COLUMNS = [
     ("glue_avg", "GLUE↑", 100.0, True),
     ("ppl", "PPL↓", 1.0, False),
     ("probe", "Probe↑", 100.0, True),
+    ("repr_cos", "Repr.↑", 1.0, True),
     ("ls_mean", "LS↑", 1.0, True),
     ("dom_share_mean", "DomΔ↓", 100.0, False),
 ]
@@ -76,7 +77,7 @@ def load_run(run_dir) -> dict:
                      key=lambda r: r["round"]) if (arm_dir / "checkpoints").is_dir() else []
         prog = ArmProgress.load(arm_dir)
         arms[name] = {"checkpoints": cps, "progress": prog}
-    return {"config": cfg, "baseline": baseline, "arms": arms}
+    return {"config": cfg, "baseline": baseline, "arms": arms, "run_dir": str(run_dir)}
 
 
 def rows(run: dict) -> list[dict]:

@@ -21,6 +21,8 @@ import torch
 PROGRESS_FILE = "progress.json"
 PARAMS_FILE = "params.safetensors"
 EDITOR_DIR = "editor"
+REPR_REFERENCE_FILE = "repr_reference.safetensors"  # unedited hidden states (run folder)
+REPR_FINAL_FILE = "repr_final.safetensors"          # an arm's hidden states at its last checkpoint
 
 
 def _tmp_path(path: Path) -> Path:

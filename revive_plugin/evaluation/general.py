@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .metrics import perplexity_from_nll
 from .scoring import encode_targets, model_device, next_token_logprobs, pad_id, score_continuations
 
-GLUE_TASKS = ("sst2", "mrpc", "rte", "cola", "nli", "mmlu")
+GLUE_TASKS = ("sst2", "mrpc", "rte", "cola", "nli", "mmlu", "sentiment_analysis")
 MAX_WORDS = 60
 
 
@@ -59,6 +59,8 @@ TASKS: dict[str, GlueTask] = {
         _pair("sentence1", "sentence2", "True or False?"),
         lambda r: {"entailment": 0, "not_entailment": 1}[r["label"]],
     ),
+    "sentiment_analysis": GlueTask((" negative", " positive"), lambda r: f"Review: {_clip(r['sentence'])}\nSentiment:",
+                                   lambda r: int(r["label"])),
     "mmlu": GlueTask(
         (" A", " B", " C", " D"),
         lambda r: "Question: "
@@ -118,8 +120,15 @@ def _demos(rows: list[dict], spec: GlueTask, shots: int, rng: random.Random) -> 
     return picked
 
 
-def glue_prompts(task: str, rows: list[dict], n_per_task: int | None, shots: int, seed: int) -> tuple[list[str], list[int]]:
-    """Few-shot prompts and gold label indices for a seeded sample of ``n_per_task`` rows."""
+def _content_free(row: dict) -> dict:
+    """The row with every text replaced by "N/A" (contextual calibration, Zhao et al. 2021)."""
+    return {k: (["N/A"] * len(v) if isinstance(v, list) else "N/A" if isinstance(v, str) else v) for k, v in row.items()}
+
+
+def glue_prompts(task: str, rows: list[dict], n_per_task: int | None, shots: int, seed: int,
+                 content_free: bool = False) -> tuple[list[str], list[int]]:
+    """Few-shot prompts and gold label indices for a seeded sample of ``n_per_task`` rows
+    (``content_free``: also the one content-free prompt with the same demonstrations, last)."""
     spec = TASKS[task]
     rng = random.Random(f"{seed}:{task}")
     demo_idx = _demos(rows, spec, shots, rng)
@@ -127,7 +136,10 @@ def glue_prompts(task: str, rows: list[dict], n_per_task: int | None, shots: int
     pool = [i for i in range(len(rows)) if i not in set(demo_idx)]
     rng.shuffle(pool)
     items = pool if n_per_task is None else pool[:n_per_task]
-    return [prefix + spec.render(rows[i]) for i in items], [spec.gold(rows[i]) for i in items]
+    prompts, gold = [prefix + spec.render(rows[i]) for i in items], [spec.gold(rows[i]) for i in items]
+    if content_free:
+        prompts.append(prefix + spec.render(_content_free(rows[items[0] if items else 0])))
+    return prompts, gold
 
 
 def glue_accuracy(
@@ -140,14 +152,21 @@ def glue_accuracy(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    calibrate: bool = False,
 ) -> dict:
-    """Few-shot accuracy per task and their ``mean``; deterministic in ``seed``."""
+    """Few-shot accuracy per task and their ``mean``; deterministic in ``seed``.
+
+    ``calibrate``: contextual calibration — each label's log-probability is taken relative to
+    its log-probability after a content-free input with the same demonstrations, which removes
+    the label bias that keeps small models at chance on balanced sets."""
     out: dict[str, float] = {}
     for task in tqdm(tasks, desc="glue", disable=not progress, leave=False):
         rows = load_glue_task(task, data_dir)
-        prompts, gold = glue_prompts(task, rows, n_per_task, shots, seed)
+        prompts, gold = glue_prompts(task, rows, n_per_task, shots, seed, content_free=calibrate)
         cand = [ids[0] for ids in encode_targets(tok, [w.strip() for w in TASKS[task].labels])]
         logp = next_token_logprobs(model, tok, prompts, cand, batch_size, progress, desc=task)
+        if calibrate:
+            logp = logp[:-1] - logp[-1:]
         pred = logp.argmax(-1).tolist()
         out[task] = sum(p == g for p, g in zip(pred, gold)) / max(1, len(gold))
     out["mean"] = sum(out[t] for t in tasks) / max(1, len(tasks))
