@@ -58,13 +58,13 @@ def test_noise_subspace_rank_follows_threshold_and_space():
     q_in, _ = torch.linalg.qr(torch.randn(5, 5))
     D = q_out[:, :3] @ torch.diag(torch.tensor([3.0, 2.0, 0.2])) @ q_in[:, :3].T
     zero = torch.zeros(8)
-    U = noise_subspace(D, zero, space=0.25, threshold=0.1)  # top ⌊0.25·8⌋ = 2 eigenvalues: 9, 4
+    U = noise_subspace(D @ D.T, zero, space=0.25, threshold=0.1)  # top ⌊0.25·8⌋ = 2 eigenvalues: 9, 4
     assert U.shape == (8, 2)
     assert torch.allclose(U @ U.T, q_out[:, :2] @ q_out[:, :2].T, atol=1e-5)
-    assert noise_subspace(D, zero, space=0.5, threshold=0.1).shape[1] == 2  # 0.04 is below the threshold
-    assert noise_subspace(D, zero, space=0.5, threshold=0.01).shape[1] == 3
-    assert noise_subspace(D, zero, space=0.25, threshold=5.0).shape[1] == 1
-    assert noise_subspace(D, zero, space=0.9, threshold=0.0).shape[1] == 0  # at most ⌊(1 − space)·d⌋ = 0
+    assert noise_subspace(D @ D.T, zero, space=0.5, threshold=0.1).shape[1] == 2  # 0.04 is below the threshold
+    assert noise_subspace(D @ D.T, zero, space=0.5, threshold=0.01).shape[1] == 3
+    assert noise_subspace(D @ D.T, zero, space=0.25, threshold=5.0).shape[1] == 1
+    assert noise_subspace(D @ D.T, zero, space=0.9, threshold=0.0).shape[1] == 0  # at most ⌊(1 − space)·d⌋ = 0
 
 
 def _run_sequence(model, tok, hp):

@@ -39,9 +39,9 @@ def screen_noise(norms, stats, first_index: int, var: float, momentum: float, wa
     return flags, stats
 
 
-def noise_subspace(D: torch.Tensor, noise: torch.Tensor, space: float, threshold: float) -> torch.Tensor:
-    """Orthonormal U (out × r, float32): dominant eigenvectors of D Dᵀ + n nᵀ (r may be 0)."""
-    M = D.double() @ D.double().T + torch.outer(noise.double(), noise.double())
+def noise_subspace(gram: torch.Tensor, noise: torch.Tensor, space: float, threshold: float) -> torch.Tensor:
+    """Orthonormal U (out × r, float32): dominant eigenvectors of ``gram`` + n nᵀ, ``gram`` = D Dᵀ (r may be 0)."""
+    M = gram.double() + torch.outer(noise.double(), noise.double())
     evals, evecs = torch.linalg.eigh(M)
     d = M.shape[0]
     top = torch.flip(evals, [0])[: int(d * space)]
@@ -55,7 +55,7 @@ class DeltaEditEditor(AlphaEditEditor):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        #: last round's screening: noise norms, constrained request indices and their subspace ranks
+        #: last round's screening: noise norms, flagged request indices and the rank of each one's U
         self.noise_info: dict = {}
 
     @property
@@ -79,11 +79,14 @@ class DeltaEditEditor(AlphaEditEditor):
                                     int(self.state.meta.get("edits", 0)) + 1, hp.var, hp.noise_momentum,
                                     hp.noise_warmup)
         self.state.set(f"noise_stats/{self._last}", torch.tensor(stats, dtype=torch.float64))
-        bases = [noise_subspace(D, noise[j], hp.space, hp.noise_threshold) if f else None
-                 for j, f in enumerate(flags)]
-        bases = [u if u is not None and u.shape[1] else None for u in bases]
-        self.noise_info = {"norms": norms, "constrained": [j for j, f in enumerate(flags) if f],
-                           "ranks": [u.shape[1] for u in bases if u is not None]}
+        flagged = [j for j, f in enumerate(flags) if f]
+        gram = D.double() @ D.double().T if flagged else None
+        bases: list[torch.Tensor | None] = [None] * len(requests)
+        for j in flagged:
+            u = noise_subspace(gram, noise[j], hp.space, hp.noise_threshold)
+            bases[j] = u if u.shape[1] else None
+        self.noise_info = {"norms": norms, "constrained": flagged,
+                           "ranks": [0 if bases[j] is None else bases[j].shape[1] for j in flagged]}
         return bases
 
     def values(self, requests):
