@@ -355,7 +355,7 @@ def test_project_method_registered_in_host(ee, small_model, tmp_path):
         assert u <= 1e-5 and v <= 1e-5
 
 
-@pytest.mark.parametrize("method", ["MEMIT", "AlphaEdit", "RECT", "PRUNE", "NSE"])
+@pytest.mark.parametrize("method", ["MEMIT", "AlphaEdit", "RECT", "PRUNE", "NSE", "DeltaEdit"])
 def test_paper_model_yamls_load(ee, method):
     """hparams/<METHOD>/{gpt2-xl,gpt-j-6b,llama3-8b}.yaml load with REVIVE on, in the project and in the host."""
     import easyeditor

@@ -54,7 +54,7 @@ def _hparams(method, stats_dir, **kw):
     return load_hparams(method, "smollm2-135m", **base)
 
 
-@pytest.mark.parametrize("method", ["MEMIT", "AlphaEdit", "RECT", "PRUNE", "NSE"])
+@pytest.mark.parametrize("method", ["MEMIT", "AlphaEdit", "RECT", "PRUNE", "NSE", "DeltaEdit"])
 def test_counterfactual_batch_is_learned(bundled_model, stats_dir, method):
     model, tok = bundled_model
     use_revive = method == "MEMIT"  # MEMIT also checks REVIVE's guarantee on the written ΔW

@@ -21,7 +21,7 @@ tau_table.md (Table 2 shape, with several --tau) and plots/*.png into the run fo
 Interrupt at any time and continue with --resume RUN_DIR (same numbers as an uninterrupted run).
 
 Default: the bundled SmolLM2-135M, the offline fact set, MEMIT vs MEMIT+REVIVE; sized for a
-2-core CPU. --preset long runs longer; --preset paper is the paper's 10,000 edits x 5 methods
+2-core CPU. --preset long runs longer; --preset paper is the paper's 10,000 edits x 6 methods
 (use a GPU and --model for the paper's models)."""
 
 
@@ -62,7 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="starting values: default (CPU, minutes), long (CPU, ~45 min), paper "
-                        "(10k edits, 5 methods, GPU), smoke (seconds); flags below override them (default: default)")
+                        "(10k edits, 6 methods, GPU), smoke (seconds); flags below override them (default: default)")
     g.add_argument("--out", type=Path, default=None,
                    help="new run folder (default: ./revive-runs/bench-<time>); refused when not empty")
     g.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",

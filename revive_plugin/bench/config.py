@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-ALL_METHODS = ("MEMIT", "AlphaEdit", "RECT", "PRUNE", "NSE")
+ALL_METHODS = ("MEMIT", "AlphaEdit", "RECT", "PRUNE", "NSE", "DeltaEdit")
 HOSTS = ("native", "easyedit")
 GENERATION_MODES = ("none", "final", "checkpoints")
 ALARM_ACTIONS = ("warn", "stop")

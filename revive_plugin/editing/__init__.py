@@ -1,4 +1,4 @@
-"""Locate-then-edit methods (MEMIT, AlphaEdit, RECT, PRUNE, NSE) on one shared core.
+"""Locate-then-edit methods (MEMIT, AlphaEdit, RECT, PRUNE, NSE, DeltaEdit) on one shared core.
 
 Importing this package does not import transformers. Public API::
 
@@ -8,8 +8,8 @@ Importing this package does not import transformers. Public API::
     editor.edit(requests); editor.save(dir); editor.load(dir)
 
 EasyEdit-style functions: ``apply_memit_to_model``, ``apply_AlphaEdit_to_model``, ``apply_rect_to_model``,
-``apply_prune_to_model``, ``apply_nse_to_model`` — ``(model, tok, requests, hparams, copy=False,
-return_orig_weights=True, state=None, **kwargs) -> (model, weights_copy)``.
+``apply_prune_to_model``, ``apply_nse_to_model``, ``apply_deltaedit_to_model`` — ``(model, tok, requests,
+hparams, copy=False, return_orig_weights=True, state=None, **kwargs) -> (model, weights_copy)``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 from .alphaedit import AlphaEditEditor, apply_AlphaEdit_to_model, apply_alphaedit_to_model
+from .deltaedit import DeltaEditEditor, apply_deltaedit_to_model
 from .engine import Editor
 from .hparams import (
     AlphaEditHyperParams,
+    DeltaEditHyperParams,
     EditHParams,
     HParamsError,
     MEMITHyperParams,
@@ -52,6 +54,7 @@ METHODS: dict[str, MethodSpec] = {
     "RECT": MethodSpec("RECT", RECTHyperParams, apply_rect_to_model, RECTEditor),
     "PRUNE": MethodSpec("PRUNE", PRUNEHyperParams, apply_prune_to_model, PRUNEEditor),
     "NSE": MethodSpec("NSE", NSEHyperParams, apply_nse_to_model, NSEEditor),
+    "DeltaEdit": MethodSpec("DeltaEdit", DeltaEditHyperParams, apply_deltaedit_to_model, DeltaEditEditor),
 }
 
 DEFAULT_HPARAMS_DIR = Path(__file__).resolve().parents[2] / "hparams"
@@ -89,7 +92,8 @@ __all__ = [
     "METHODS", "MethodSpec", "get_method", "load_hparams", "make_editor", "Editor", "EditState",
     "attached_state", "attach_state", "reset_state", "HParamsError", "EditHParams",
     "MEMITHyperParams", "AlphaEditHyperParams", "RECTHyperParams", "PRUNEHyperParams", "NSEHyperParams",
-    "MEMITEditor", "AlphaEditEditor", "RECTEditor", "PRUNEEditor", "NSEEditor",
+    "DeltaEditHyperParams",
+    "MEMITEditor", "AlphaEditEditor", "RECTEditor", "PRUNEEditor", "NSEEditor", "DeltaEditEditor",
     "apply_memit_to_model", "apply_AlphaEdit_to_model", "apply_alphaedit_to_model", "apply_rect_to_model",
-    "apply_prune_to_model", "apply_nse_to_model",
+    "apply_prune_to_model", "apply_nse_to_model", "apply_deltaedit_to_model",
 ]

@@ -221,7 +221,8 @@ def _value_batch(tok, requests, fact_token, templates):
 
 def compute_target_values(model, tok, requests: Sequence[dict], hparams, z_module: str,
                           templates=CONTEXT_TEMPLATES, chunk_size: int | None = None,
-                          early_stop: float = 5e-2, forward: str = "auto") -> torch.Tensor:
+                          early_stop: float = 5e-2, forward: str = "auto", orth_bases=None,
+                          stop_prob: float | None = None) -> torch.Tensor:
     """Target values z (n × hidden, float32) at the output of block ``z_module``.
 
     Requests are optimised together, ``chunk_size`` at a time (None = all): each keeps its own delta,
@@ -229,17 +230,22 @@ def compute_target_values(model, tok, requests: Sequence[dict], hparams, z_modul
     same path as a per-request loop; a request whose loss falls below ``early_stop`` is frozen (MEMIT)
     and leaves the batch. ``forward`` picks how the model runs after z (:mod:`.forward`; "auto" = the
     cheapest exact runner: prefix key/value cache, else truncated stack, else the full model).
+    ``orth_bases`` (DeltaEdit): per request None or an orthonormal basis U (hidden × r); after every Adam
+    step δ ← δ − U Uᵀδ. ``stop_prob``: a request also stops once its target probability, averaged over
+    the context prompts, exceeds it.
     """
     n = len(requests)
     chunk = n if not chunk_size else int(chunk_size)
     out = []
     for s in range(0, n, chunk):
+        bases = None if orth_bases is None else orth_bases[s : s + chunk]
         out.append(_values_chunk(model, tok, requests[s : s + chunk], hparams, z_module, templates, early_stop,
-                                 forward))
+                                 forward, bases, stop_prob))
     return torch.cat(out)
 
 
-def _values_chunk(model, tok, requests, hp, z_module, templates, early_stop, mode="auto"):
+def _values_chunk(model, tok, requests, hp, z_module, templates, early_stop, mode="auto", bases=None,
+                  stop_prob=None):
     device = _model_device(model)
     b = _value_batch(tok, requests, hp.fact_token, templates)
     n = len(requests)
@@ -255,6 +261,9 @@ def _values_chunk(model, tok, requests, hp, z_module, templates, early_stop, mod
     kl_init: torch.Tensor | None = None
     done = torch.zeros(n, dtype=torch.bool, device=device)
     local = torch.full((len(b["seqs"]),), -1, dtype=torch.long, device=device)
+    constrained = [(i, u.to(device=device, dtype=torch.float32)) for i, u in enumerate(bases or ()) if u is not None]
+    n_flat = len(flat_templates(templates))
+    prompt_rows = torch.unique(tgt_row)
 
     was_training = model.training
     model.eval()
@@ -283,6 +292,12 @@ def _values_chunk(model, tok, requests, hp, z_module, templates, early_stop, mod
             wd = hp.v_weight_decay * delta[act].norm(dim=1) / z_init[act].norm(dim=1) ** 2
             loss_act = nll + hp.kl_factor * kl + wd
             newly = loss_act.detach() < early_stop
+            if stop_prob is not None:
+                row_nll = torch.zeros(len(b["seqs"]), device=device).index_add(
+                    0, t_row, -picked.detach() * tgt_w[t_sel] * n_flat)
+                prob = torch.zeros(n, device=device).index_add(
+                    0, look_req[prompt_rows], torch.exp(-row_nll[prompt_rows])) / n_flat
+                newly |= prob[act] > stop_prob
             done[act] |= newly
             if bool(done.all()) or it == hp.v_num_grad_steps - 1:
                 break
@@ -292,6 +307,8 @@ def _values_chunk(model, tok, requests, hp, z_module, templates, early_stop, mod
             with torch.no_grad():
                 if keep.numel():
                     delta[done] = keep
+                for i, u in constrained:
+                    delta[i] -= u @ (u.T @ delta[i])
                 max_norm = hp.clamp_norm_factor * z_init.norm(dim=1)
                 norms = delta.norm(dim=1)
                 scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))

@@ -249,12 +249,46 @@ class NSEHyperParams(EditHParams):
             raise HParamsError(f"{source}: keys 'alpha' >= 0 and 'upper_bound' > alpha required")
 
 
+@dataclass
+class DeltaEditHyperParams(EditHParams):
+    """DeltaEdit (Cao et al., 2025): AlphaEdit's solve + a dynamic orthogonal constraint on the values.
+
+    ``var``/``space`` keep the reference's key names; the reference's hard-coded constants are the
+    ``noise_*`` keys and ``v_prob_stop`` (docs/methods.md)."""
+
+    alg_name: str = "DeltaEdit"
+    nullspace_threshold: float = 2e-2
+    L2: float = 10.0
+    var: float = 1.5
+    space: float = 0.25
+    noise_threshold: float = 0.1
+    noise_momentum: float = 0.9
+    noise_warmup: int = 20
+    v_prob_stop: float = 0.98
+
+    ALG_NAMES: ClassVar[tuple[str, ...]] = ("DeltaEdit",)
+
+    def validate(self, source: str = "<hparams>") -> None:
+        super().validate(source)
+        checks = [
+            ("nullspace_threshold", self.nullspace_threshold > 0, "> 0"), ("L2", self.L2 >= 0, ">= 0"),
+            ("var", self.var >= 0, ">= 0"), ("space", 0 < self.space < 1, "in (0, 1)"),
+            ("noise_threshold", self.noise_threshold >= 0, ">= 0"),
+            ("noise_momentum", 0 <= self.noise_momentum < 1, "in [0, 1)"),
+            ("noise_warmup", self.noise_warmup >= 0, ">= 0"), ("v_prob_stop", 0 < self.v_prob_stop <= 1, "in (0, 1]"),
+        ]
+        for key, ok, rule in checks:
+            if not ok:
+                raise HParamsError(f"{source}: key {key!r} must be {rule}, got {getattr(self, key)!r}")
+
+
 HPARAMS_CLASSES = {
     "MEMIT": MEMITHyperParams,
     "AlphaEdit": AlphaEditHyperParams,
     "RECT": RECTHyperParams,
     "PRUNE": PRUNEHyperParams,
     "NSE": NSEHyperParams,
+    "DeltaEdit": DeltaEditHyperParams,
 }
 
 __all__ = [
@@ -265,5 +299,6 @@ __all__ = [
     "RECTHyperParams",
     "PRUNEHyperParams",
     "NSEHyperParams",
+    "DeltaEditHyperParams",
     "HPARAMS_CLASSES",
 ]
