@@ -4,7 +4,8 @@ The model is loaded once. Each arm (method, mode, tau) starts from the original 
 (a CPU copy of just the edited parameters is kept), builds a fresh editor and applies the
 first N records in rounds of B. After every R-th round and the last one it evaluates ALL
 edits made so far (retention, not edit-time success), general ability and the spectral
-metrics (LS Eq. 3, SS §2.3, norm growth) of every edited matrix, and writes
+metrics (LS Eq. 3, SS §2.3, norm growth) of every edited matrix — all inside the editor's
+``evaluation_view()`` (PRUNE's reference timing evaluates its restrained weights there) — and writes
 ``checkpoints/round-NNNNN.json``. The state after each round is saved atomically, so
 ``resume=True`` continues from the last completed round with the same numbers.
 """
