@@ -393,3 +393,38 @@ def test_easyedit_host_not_importable_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--host easyedit needs EasyEdit importable"):
         run_bench(small_cfg(host="easyedit"), tmp_path / "run", components=ProjectComponents(), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluation_runs_in_the_editors_evaluation_view(tmp_path):
+    """An editor's evaluation_view (PRUNE's reference timing) is what every checkpoint evaluates;
+    the weights saved for --resume are the edited ones outside the view."""
+    import contextlib
+
+    class ViewEditor(FakeEditor):
+        @contextlib.contextmanager
+        def evaluation_view(self):
+            p = self._param("layers.2.weight")
+            saved = p.detach().clone()
+            with torch.no_grad():
+                p.mul_(0.5)
+            try:
+                yield self.model
+            finally:
+                with torch.no_grad():
+                    p.copy_(saved)
+
+    class ViewComponents(FakeComponents):
+        def make_editor(self, cfg, method, model, tok, revive_tau=None):
+            ed = ViewEditor(method, model, revive_tau, self.calls)
+            self.editors.append(ed)
+            return ed
+
+    out = tmp_path / "run"
+    run_bench(small_cfg(methods=["PRUNE"], plain=True, taus=[0.1]), out, components=ViewComponents(),
+              progress=False, plots=False)
+    cp = json.loads((out / "arms" / "prune-plain" / "checkpoints" / "round-00003.json").read_text())
+    saved = _final_weights(out, "prune-plain")["layers.2.weight"]  # the edited weights, outside the view
+    w0 = FakeModel().layers[2].weight.detach()
+    assert cp["edit"]["neighborhood"] == pytest.approx(float(torch.sigmoid(-0.5 * saved.norm() / 30)), rel=1e-5)
+    assert cp["spectral"]["per_param"]["layers.2.weight"]["norm_growth"] == pytest.approx(
+        0.5 * float(saved.norm() / w0.norm()), rel=1e-5)

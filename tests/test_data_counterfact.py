@@ -51,7 +51,13 @@ def test_real_format_loads(tmp_path):
     z = load_zsre(write(tmp_path, [zsre_record()], "z.json"))
     req = zsre_to_requests(z)[0]["requested_rewrite"]
     assert req["prompt"] == "What university did {} attend?"
-    assert req["target_new"]["str"] == "University of Michigan"
+    # MEMIT and AlphaEdit edit (and score) ZsRE towards answers[0]; alt is the option
+    assert req["target_new"]["str"] == "Illinois Institute of Technology"
+    assert req["target_true"]["str"] == "University of Michigan"
+    alt = zsre_to_requests(z, target="alt")[0]["requested_rewrite"]
+    assert alt["target_new"]["str"] == "University of Michigan"
+    with pytest.raises(ValueError, match="target"):
+        zsre_to_requests(z, target="pred")
 
 
 @pytest.mark.parametrize(

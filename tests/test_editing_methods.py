@@ -58,8 +58,10 @@ def _hparams(method, stats_dir, **kw):
 def test_counterfactual_batch_is_learned(bundled_model, stats_dir, method):
     model, tok = bundled_model
     use_revive = method == "MEMIT"  # MEMIT also checks REVIVE's guarantee on the written ΔW
-    # RECT keeps only its top entries, so it needs the paraphrase-style context prefix to reach 90%.
-    hp = _hparams(method, stats_dir, use_revive=use_revive, context_prefixes=1 if method == "RECT" else 0)
+    # RECT (reference masking: solve all layers, then keep the top 40%) needs a sampled context template
+    # and the YAML's 15 value steps to reach 90%.
+    extra = dict(context_prefixes=1, v_num_grad_steps=15) if method == "RECT" else {}
+    hp = _hparams(method, stats_dir, use_revive=use_revive, **extra)
     editor = make_editor(method, model, tok, hp)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n in editor.edited_params}
     assert efficacy(model, tok, REQUESTS) <= 0.5

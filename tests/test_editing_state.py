@@ -76,7 +76,7 @@ def test_rect_changes_only_top_fraction(small_model, tmp_path):
 
 def test_prune_accumulated_update_is_bounded(small_model, tmp_path):
     model, tok = small_model
-    hp = _hp(PRUNEHyperParams, tmp_path, prune_bound_scale=1e-3)
+    hp = _hp(PRUNEHyperParams, tmp_path, prune_bound_scale=1e-3, prune_timing="per_round")
     ed = _editor("PRUNE", model, tok, hp)
     originals = _weights(model)
     ed.edit(R1)

@@ -125,8 +125,11 @@ def test_evaluate_zsre_hand_computed():
     rec = {"subject": "france", "src": "the capital of france is", "rephrase": "x", "alt": "paris rome",
            "answers": ["rome"], "loc": "the capital of germany is", "loc_ans": "berlin"}
     res = evaluate_zsre(model, tok, [rec], progress=False)
+    # default target: answers[0] (MEMIT / AlphaEdit); target="alt" scores towards alt
+    assert res["efficacy"] == float(int(top[WORDS.index("is")]) == WORDS.index("rome"))
+    res_alt = evaluate_zsre(model, tok, [rec], progress=False, target="alt")
     expect = M.mean([int(top[WORDS.index("is")]) == WORDS.index("paris"), int(top[WORDS.index("paris")]) == WORDS.index("rome")])
-    assert res["efficacy"] == pytest.approx(expect)
+    assert res_alt["efficacy"] == pytest.approx(expect)
     assert res["neighborhood"] == float(int(top[WORDS.index("?")]) == WORDS.index("berlin"))
     again = evaluate_zsre(model, tok, [rec], baseline=res, progress=False)
     assert again["neighborhood"] == 1.0
@@ -143,9 +146,25 @@ def test_generation_metrics_small_llama(small_model):
         "generation_prompts": ["France is a country", "The capital of France"],
         "reference_text": "Rome is the capital city of Italy.",
     }]
-    res = evaluate_counterfact(model, tok, recs, generation=True, max_new_tokens=4,
-                               tfidf=M.TfidfModel.fit(["rome italy", "paris france", "country city"]), progress=False)
+    tfidf = M.TfidfModel.fit(["rome italy", "paris france", "country city"])
+    res = evaluate_counterfact(model, tok, recs, generation=True, generation_protocol="fast", tfidf=tfidf,
+                               progress=False)
     assert res["n_generation_records"] == 1 and len(res["generation"]["texts"][0]) == 2
     assert res["generation"]["texts"][0][0].startswith("France is a country")
     assert res["fluency"] > 0 and 0.0 <= res["consistency"] <= 1.0
     assert not math.isnan(res["score"])
+    # MEMIT's protocol: every generation prompt, seeded top-k sampling, 100 tokens with the prompt
+    recs[0]["generation_prompts"].append("People in France")
+    seen = []
+    generate = model.generate
+    model.generate = lambda **kw: seen.append(kw) or generate(**kw)
+    try:
+        memit = evaluate_counterfact(model, tok, recs, generation=True, generation_seed=1, tfidf=tfidf, progress=False)
+        again = evaluate_counterfact(model, tok, recs, generation=True, generation_seed=1, tfidf=tfidf, progress=False)
+    finally:
+        del model.generate
+    texts = memit["generation"]["texts"][0]
+    assert memit["generation"]["protocol"] == "memit" and len(texts) == 3
+    assert texts == again["generation"]["texts"][0]
+    shortest = min(len(tok(p)["input_ids"]) for p in recs[0]["generation_prompts"])
+    assert seen[0]["top_k"] == 5 and seen[0]["do_sample"] and seen[0]["max_new_tokens"] == 100 - shortest

@@ -84,6 +84,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="CounterFact-style JSON or ZsRE JSON file (default: the offline fact set)")
     g.add_argument("--data-format", default=None, choices=["auto", "counterfact", "zsre"],
                    help="format of --data; auto = zsre when the file name contains 'zsre' (default: auto)")
+    g.add_argument("--zsre-target", default=None, choices=["answers", "alt"],
+                   help="ZsRE edit target: answers = answers[0] as MEMIT/AlphaEdit, alt = the record's alt "
+                        "(default: answers)")
     g.add_argument("-n", "--n-edits", type=int, default=None, metavar="N", help=f"total edits N {_d('n_edits')}")
     g.add_argument("-b", "--batch-size", type=int, default=None, metavar="B",
                    help=f"edits per round B (the paper: 100) {_d('batch_size')}")
@@ -114,6 +117,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="when to measure fluency/consistency by generation (slow) (default: final)")
     g.add_argument("--n-generation", type=int, default=None,
                    help=f"records used for fluency/consistency {_d('n_generation')}")
+    g.add_argument("--generation-protocol", choices=["memit", "fast"], default=None,
+                   help="memit = MEMIT's protocol (top-k 5 sampling up to 100 tokens on every generation prompt); "
+                        "fast = greedy 40 new tokens on the first 2 prompts (CI) (default: memit; smoke: fast)")
     g.add_argument("--glue-dir", default=None,
                    help="folder of GLUE-style *.jsonl subsets (default: $REVIVE_GLUE_DIR or ../shared/data/glue-subsets)")
     g.add_argument("--glue-tasks", type=_csv, default=None, metavar="T1,T2",
@@ -142,6 +148,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 _FLAG_TO_FIELD = {
     "methods": "methods", "model": "model", "dtype": "dtype", "data": "data", "data_format": "data_format",
+    "zsre_target": "zsre_target", "generation_protocol": "generation_protocol",
     "n_edits": "n_edits", "batch_size": "batch_size", "eval_every": "eval_every", "seed": "seed",
     "tau": "taus", "plain": "plain", "host": "host", "hparams_dir": "hparams_dir",
     "eval_max_edits": "eval_max_edits", "n_paraphrase": "n_paraphrase", "n_neighborhood": "n_neighborhood",

@@ -169,7 +169,7 @@ class ProjectComponents:
         if fmt == "auto":
             fmt = "zsre" if "zsre" in path.name.lower() else "counterfact"
         if fmt == "zsre":
-            return counterfact.zsre_to_requests(counterfact.load_zsre(path))
+            return counterfact.zsre_to_requests(counterfact.load_zsre(path), target=cfg.zsre_target)
         return counterfact.load_counterfact(path)
 
     def _hparams(self, cfg: BenchConfig, method: str, revive_tau=None):
@@ -213,13 +213,19 @@ class ProjectComponents:
         return get_parameter(model, name)
 
     def evaluate_edits(self, cfg: BenchConfig, model, tok, records, generation: bool) -> dict:
-        from revive_plugin.evaluation.counterfact import evaluate_counterfact
+        from revive_plugin.evaluation.counterfact import ConsistencyReferences, evaluate_counterfact
 
         if not records:
             return {}
+        refs = None
+        if generation:
+            if getattr(self, "_references", None) is None:
+                self._references = ConsistencyReferences(self.load_records(cfg))  # the whole fact set
+            refs = self._references
         raw = evaluate_counterfact(model, tok, records, batch_size=cfg.eval_batch_size, generation=generation,
                                    max_paraphrase=cfg.n_paraphrase, max_neighborhood=cfg.n_neighborhood,
-                                   generation_records=cfg.n_generation, progress=False)
+                                   generation_records=cfg.n_generation, generation_protocol=cfg.generation_protocol,
+                                   generation_seed=cfg.seed, references=refs, progress=False)
         return normalize_edit_metrics(raw)
 
     def general_evaluator(self, cfg: BenchConfig, model, tok, probe_records=(), state_path=None):

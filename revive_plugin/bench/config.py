@@ -20,6 +20,8 @@ HOSTS = ("native", "easyedit")
 GENERATION_MODES = ("none", "final", "checkpoints")
 ALARM_ACTIONS = ("warn", "stop")
 DATA_FORMATS = ("auto", "counterfact", "zsre")
+ZSRE_TARGETS = ("answers", "alt")
+GENERATION_PROTOCOLS = ("memit", "fast")
 
 # Fields that never change results: excluded from the hash (device/paths may differ on resume).
 _RUNTIME_FIELDS = ("device", "save_every", "preset", "glue_dir", "hparams_dir", "quiet")
@@ -36,6 +38,7 @@ class BenchConfig:
     device: str | None = None
     data: str | None = None
     data_format: str = "auto"
+    zsre_target: str = "answers"
     n_edits: int = 100
     batch_size: int = 25
     eval_every: int = 1
@@ -51,6 +54,7 @@ class BenchConfig:
     eval_batch_size: int = 32
     generation: str = "final"
     n_generation: int = 50
+    generation_protocol: str = "memit"
     glue_dir: str | None = None
     glue_tasks: list = field(default_factory=lambda: ["sst2", "mrpc", "rte", "cola"])
     glue_n: int = 50
@@ -142,6 +146,11 @@ class BenchConfig:
             raise ValueError(f"alarm_action must be one of {list(ALARM_ACTIONS)}, got {self.alarm_action!r}")
         if self.data_format not in DATA_FORMATS:
             raise ValueError(f"data_format must be one of {list(DATA_FORMATS)}, got {self.data_format!r}")
+        if self.zsre_target not in ZSRE_TARGETS:
+            raise ValueError(f"zsre_target must be one of {list(ZSRE_TARGETS)}, got {self.zsre_target!r}")
+        if self.generation_protocol not in GENERATION_PROTOCOLS:
+            raise ValueError(f"generation_protocol must be one of {list(GENERATION_PROTOCOLS)}, "
+                             f"got {self.generation_protocol!r}")
         if not isinstance(self.hparams_overrides, dict):
             raise TypeError("hparams_overrides must be a dict of hparams keys to values")
         if not isinstance(self.glue_tasks, list):
@@ -180,8 +189,8 @@ PRESETS: dict[str, dict] = {
                   eval_max_edits=None, n_paraphrase=None, n_neighborhood=None, generation="final",
                   n_generation=200, glue_n=200, ppl_texts=256, probe_n=500),
     "smoke": dict(methods=["MEMIT"], n_edits=4, batch_size=2, eval_every=1, n_paraphrase=1,
-                  n_neighborhood=1, generation="final", n_generation=2, glue_n=4, ppl_texts=4,
-                  probe_n=4, repr_n=8, glue_tasks=["sst2"]),
+                  n_neighborhood=1, generation="final", n_generation=2, generation_protocol="fast", glue_n=4,
+                  ppl_texts=4, probe_n=4, repr_n=8, glue_tasks=["sst2"]),
 }
 
 

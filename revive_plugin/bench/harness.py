@@ -4,13 +4,15 @@ The model is loaded once. Each arm (method, mode, tau) starts from the original 
 (a CPU copy of just the edited parameters is kept), builds a fresh editor and applies the
 first N records in rounds of B. After every R-th round and the last one it evaluates ALL
 edits made so far (retention, not edit-time success), general ability and the spectral
-metrics (LS Eq. 3, SS §2.3, norm growth) of every edited matrix, and writes
+metrics (LS Eq. 3, SS §2.3, norm growth) of every edited matrix — all inside the editor's
+``evaluation_view()`` (PRUNE's reference timing evaluates its restrained weights there) — and writes
 ``checkpoints/round-NNNNN.json``. The state after each round is saved atomically, so
 ``resume=True`` continues from the last completed round with the same numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import platform
@@ -126,6 +128,7 @@ class BenchRun:
         self.model = self.tok = None
         self.originals: dict[str, torch.Tensor] = {}
         self.general = None
+        self._transposed: bool | None = None
         self.alarm = DriftAlarm(cfg.alarm_ls, cfg.alarm_ss, cfg.alarm_action)
 
     # ------------------------------------------------------------------ setup
@@ -216,6 +219,20 @@ class BenchRun:
         out["general_eval_seconds"] = time.perf_counter() - t0
         return out
 
+    def _target(self, name: str):
+        """The analysed matrix of parameter ``name``: GPT-2's Conv1D weights are stored (in, out), so the
+        SVD of Eq. 1 (left = output side, right = input side) runs on the transposed tensor, as in
+        :mod:`revive_plugin.analysis.drift`."""
+        from revive_plugin.analysis.targets import Target, storage_transposed
+
+        if self._transposed is None:
+            self._transposed = storage_transposed(self.model)
+        return Target(name, transposed=self._transposed)
+
+    def _current_matrix(self, name: str) -> torch.Tensor:
+        wt = self.c.get_param(self.model, name).detach().to("cpu", torch.float32)
+        return self._target(name).math_view(wt)
+
     def _spectral(self, names) -> dict:
         from revive_plugin.spectral import SpectralReference, singular_vector_similarity, spectral_report
 
@@ -223,10 +240,9 @@ class BenchRun:
         for name in names:
             ref = self._refs.get(name)
             if ref is None:
-                ref = self._refs[name] = SpectralReference.from_weight(self.originals[name].float(),
-                                                                       tau=self.cfg.spectral_tau)
-            wt = self.c.get_param(self.model, name).detach().to("cpu", torch.float32)
-            per[name] = spectral_report(ref, wt, tau=self.cfg.spectral_tau)
+                w0 = self._target(name).math_view(self.originals[name].float())
+                ref = self._refs[name] = SpectralReference.from_weight(w0, tau=self.cfg.spectral_tau)
+            per[name] = spectral_report(ref, self._current_matrix(name), tau=self.cfg.spectral_tau)
         keys = sorted({k for rep in per.values() for k in rep})
         mean = {k: sum(rep[k] for rep in per.values()) / len(per) for k in keys} if per else {}
         worst = {f"{k}_min": min(rep[k] for rep in per.values()) for k in ("ls", "ss_left_mean_max",
@@ -234,8 +250,8 @@ class BenchRun:
         out = {"per_param": per, "mean": mean, **({"worst": worst} if per else {})}
         if per:
             name = list(per)[-1]
-            ssv = singular_vector_similarity(self._refs[name], self.c.get_param(self.model, name).detach()
-                                             .to("cpu", torch.float32), tau=self.cfg.spectral_tau, side="right")
+            ssv = singular_vector_similarity(self._refs[name], self._current_matrix(name),
+                                             tau=self.cfg.spectral_tau, side="right")
             k = min(ssv.k, 64)
             out["ss_block"] = {"param": name, "k": ssv.k, "matrix": ssv.matrix[:k, :k].tolist()}
         return out
@@ -353,8 +369,10 @@ class BenchRun:
         final = prog.rounds_done == cfg.n_rounds
         gen = cfg.generation == "checkpoints" or (cfg.generation == "final" and final)
         t0 = time.perf_counter()
-        result = self._evaluate(prog.edits_done, with_generation=gen)
-        result["spectral"] = self._spectral(editor.edited_params)
+        view = getattr(editor, "evaluation_view", None)  # e.g. PRUNE's restrained weights (reference timing)
+        with (view() if view is not None else contextlib.nullcontext()):
+            result = self._evaluate(prog.edits_done, with_generation=gen)
+            result["spectral"] = self._spectral(editor.edited_params)
         events = self.alarm.check(prog.rounds_done, prog.edits_done, result["spectral"]["per_param"]) \
             if self.alarm.enabled else []
         for ev in events:

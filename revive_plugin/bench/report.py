@@ -155,8 +155,24 @@ def table1_markdown(run: dict) -> str:
     lines += ["", "Eff./Para./Neigh./Consis./GLUE/Probe in %, Flu. = 100 × n-gram entropy (bits), "
               "PPL on held-out text, LS = mean Eq. 3 similarity of the edited matrices to the originals, "
               "DomΔ = % of the accumulated update ‖W_t − W_0‖² that lies in the original dominant subspace. "
-              "Changes are relative to the plain method (↑↑/↓↓: plain score near zero)."]
+              "Changes are relative to the plain method (↑↑/↓↓: plain score near zero).", "",
+              generation_footnote(cfg)]
     return "\n".join(lines) + "\n"
+
+
+def generation_footnote(cfg: dict) -> str:
+    """Which generation protocol produced Flu. and Consis. (runs made before the option: the fast one)."""
+    n = cfg.get("n_generation")
+    if cfg.get("generation_protocol", "fast") == "memit":
+        how = ("MEMIT's protocol: top-k 5 sampling (seeded) up to 100 tokens including the prompt, on every "
+               "generation prompt")
+    else:
+        how = "the fast protocol: greedy decoding of 40 new tokens on the first 2 generation prompts"
+    if "generation_protocol" not in cfg:  # a run folder from before the MEMIT protocol existed
+        return (f"Flu./Consis.: {how} of the first {n} evaluated records; regex word tokens; Consis. = TF-IDF "
+                "cosine with the new object's own summary.")
+    return (f"Flu./Consis.: {how} of the first {n} evaluated records; nltk word tokens; Consis. = TF-IDF cosine "
+            "with Wikipedia texts about other subjects sharing (relation, new object).")
 
 
 def _stopped(run: dict, row: dict) -> str:

@@ -153,19 +153,34 @@ def load_zsre(path: str | os.PathLike) -> list[dict]:
     return _load_validated(path, validate_zsre)
 
 
-def zsre_to_requests(records: list[dict]) -> list[dict]:
-    """ZsRE records as CounterFact-form edit requests (target_new = ``alt``, target_true = ``answers[0]``)."""
+ZSRE_TARGETS = ("answers", "alt")
+
+
+def zsre_to_requests(records: list[dict], target: str = "answers") -> list[dict]:
+    """ZsRE records as CounterFact-form edit requests.
+
+    ``target="answers"`` (default, as MEMIT and AlphaEdit edit and score ZsRE): target_new = ``answers[0]``,
+    and the record's ``alt`` is the competing target_true of the pairwise comparison; ``target="alt"``
+    swaps the two. ``case_id`` is the record's index in the file; a record whose two strings coincide has
+    no competing target and is left out.
+    """
+    if target not in ZSRE_TARGETS:
+        raise ValueError(f"ZsRE target must be one of {list(ZSRE_TARGETS)}, got {target!r}")
     out = []
     for i, rec in enumerate(records):
         validate_zsre_record(rec, i)
+        answer, alt = rec["answers"][0], rec["alt"]
+        if answer.strip() == alt.strip():
+            continue
+        new, true = (answer, alt) if target == "answers" else (alt, answer)
         out.append(
             {
                 "case_id": i,
                 "requested_rewrite": {
                     "prompt": rec["src"].replace(rec["subject"], "{}", 1),
                     "subject": rec["subject"],
-                    "target_new": {"str": rec["alt"]},
-                    "target_true": {"str": rec["answers"][0]},
+                    "target_new": {"str": new},
+                    "target_true": {"str": true},
                 },
             }
         )

@@ -30,5 +30,5 @@ def apply_with(editor_cls, model, tok, requests, hparams, copy=False, return_ori
     weights_copy = {}
     if return_orig_weights:
         weights_copy = {n: editor.weight(l).detach().clone() for n, l in zip(editor.edited_params, editor.layers)}
-    editor.edit(requests)
+    editor.host_edit(requests)
     return model, weights_copy

@@ -1,7 +1,8 @@
 """Shared locate-then-edit core (MEMIT's recipe), batched over requests.
 
-* keys k: input of the FFN output matrix at the subject's last token, averaged over short context
-  prefixes (:func:`compute_keys`);
+* keys k: input of the FFN output matrix at the subject's last token, averaged over context
+  templates (:func:`compute_keys`; sampled from the unedited model as MEMIT does, see
+  :mod:`.templates`, or the fixed :data:`CONTEXT_TEMPLATES`);
 * target values z at the last edit layer: Adam on one delta per request, all requests of a round in
   one padded forward/backward per step over the blocks after z and the tokens from the lookup token on
   (:func:`compute_target_values`, :mod:`.forward`); loss = NLL of the new target +
@@ -10,9 +11,8 @@
 * residual spread R = (z − current output)/(layers left) and the covariance-weighted least-squares
   solve ΔW = R Kᵀ (λC + KKᵀ)⁻¹ (:func:`memit_solve`).
 
-Deviation from MEMIT (documented in docs/methods.md): context prefixes are the fixed deterministic
-:data:`CONTEXT_TEMPLATES` instead of text sampled from the model, and the NLL is read from the model's
-final logits (MEMIT's ``v_loss_layer`` = last layer).
+Deviation from MEMIT (documented in docs/methods.md): the NLL is read from the model's final logits
+(MEMIT's ``v_loss_layer`` = last layer).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from .. import nethook
 from . import forward as forward_runners
 from .covariance import pad_batch, pad_id_of
 
-#: Context templates: group 0 is the bare prompt, group 1 five short fixed prefixes. Keys average each
-#: group, then the groups (MEMIT's weighting); every template is a rewriting prompt for the values.
+#: Fixed context templates (``context_templates: fixed``): group 0 is the bare prompt, group 1 five short
+#: prefixes. Keys average each group, then the groups (MEMIT's weighting); every template is a rewriting
+#: prompt for the values.
 CONTEXT_TEMPLATES: tuple[tuple[str, ...], ...] = (
     ("{}",),
     (

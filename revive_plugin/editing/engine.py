@@ -62,7 +62,22 @@ class Editor:
 
     @property
     def templates(self):
-        return core.context_templates(self.hparams.context_prefixes)
+        return self.resolve_templates()
+
+    def resolve_templates(self):
+        """Context templates of keys and values: the bare prompt plus ``context_prefixes`` prefixes, sampled
+        from the unedited model (``context_templates: generated``, fixed once per edit sequence and kept
+        in the state) or the fixed short prefixes (``fixed``)."""
+        hp = self.hparams
+        if hp.context_templates == "fixed" or hp.context_prefixes == 0:
+            return core.context_templates(hp.context_prefixes)
+        generated = self.state.meta.get("context_templates")
+        if generated is None:
+            from .templates import cached_context_templates
+
+            generated = cached_context_templates(self.model, self.tok, exclude=self.edited_params)
+            self.state.meta["context_templates"] = list(generated)
+        return (core.CONTEXT_TEMPLATES[0], tuple(generated[: hp.context_prefixes]))
 
     @property
     def edited_params(self) -> list[str]:
@@ -129,6 +144,7 @@ class Editor:
                 )
             originals = {self.param_name(l): self.original(l) for l in self.layers}
             self.state.reviver.protect(self.model, self.edited_params, originals=originals)
+        self.resolve_templates()  # generated templates are sampled before the first write
         self.setup()
 
     # ------------------------------------------------------------------ hooks
@@ -167,6 +183,14 @@ class Editor:
 
     def after_round(self, requests: list[dict]) -> None:
         """Update sequential state after the weights are written (default: nothing)."""
+
+    @contextlib.contextmanager
+    def evaluation_view(self):
+        """Context in which the model holds the weights to evaluate; restores the edited ones after.
+
+        Default: the edited weights themselves (nothing to swap). PRUNE's reference timing swaps in
+        its restrained weights here. Evaluators (the benchmark) wrap every evaluation in it."""
+        yield self.model
 
     # ------------------------------------------------------------------ write
     @torch.no_grad()
@@ -211,6 +235,11 @@ class Editor:
         self.state.meta["edits"] = int(self.state.meta.get("edits", 0)) + len(reqs)
         return {"method": self.method, "n_requests": len(reqs), "time_prepare_s": t1 - t0,
                 "time_values_s": t2 - t1, "time_update_s": t3 - t2, "layers": layers}
+
+    def host_edit(self, requests) -> dict:
+        """One round under EasyEdit's ``apply_*`` contract, whose host evaluates the model right after
+        the call (default: :meth:`edit`; PRUNE's reference timing leaves its evaluation weights)."""
+        return self.edit(requests)
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory) -> Path:

@@ -55,6 +55,7 @@ class EditHParams:
     stats_max_tokens: int = 128
     stats_batch_tokens: int = 4096
     context_prefixes: int = 5
+    context_templates: str = "generated"
     use_revive: bool = False
     revive_tau: float = 0.1
 
@@ -83,6 +84,9 @@ class EditHParams:
             raise HParamsError(f"{source}: key 'mom2_dtype' must be float32/float64/float16")
         if not 0 <= self.context_prefixes <= 5:
             raise HParamsError(f"{source}: key 'context_prefixes' must be in 0..5")
+        if self.context_templates not in ("generated", "fixed"):
+            raise HParamsError(f"{source}: key 'context_templates' must be 'generated' or 'fixed', "
+                               f"got {self.context_templates!r}")
         for key in ("v_num_grad_steps", "mom2_n_samples", "stats_max_tokens", "stats_batch_tokens"):
             if getattr(self, key) <= 0:
                 raise HParamsError(f"{source}: key {key!r} must be > 0")
@@ -200,13 +204,17 @@ class RECTHyperParams(EditHParams):
     alg_name: str = "RECT"
     rect_top_fraction: float = 0.4
     rect_epsilon: float = 1e-8
+    rect_mode: str = "reference"
 
     ALG_NAMES: ClassVar[tuple[str, ...]] = ("RECT",)
+    MODES: ClassVar[tuple[str, ...]] = ("reference", "per_layer")
 
     def validate(self, source: str = "<hparams>") -> None:
         super().validate(source)
         if not 0.0 < self.rect_top_fraction <= 1.0:
             raise HParamsError(f"{source}: key 'rect_top_fraction' must be in (0, 1]")
+        if self.rect_mode not in self.MODES:
+            raise HParamsError(f"{source}: key 'rect_mode' must be one of {list(self.MODES)}, got {self.rect_mode!r}")
 
 
 @dataclass
@@ -216,11 +224,16 @@ class PRUNEHyperParams(EditHParams):
     alg_name: str = "PRUNE"
     prune_log_base: float = 2.718281828459045
     prune_bound_scale: float = 1.0
+    prune_timing: str = "reference"
 
     ALG_NAMES: ClassVar[tuple[str, ...]] = ("PRUNE",)
+    TIMINGS: ClassVar[tuple[str, ...]] = ("reference", "per_round")
 
     def validate(self, source: str = "<hparams>") -> None:
         super().validate(source)
+        if self.prune_timing not in self.TIMINGS:
+            raise HParamsError(f"{source}: key 'prune_timing' must be one of {list(self.TIMINGS)}, "
+                               f"got {self.prune_timing!r}")
         if self.prune_log_base <= 1.0:
             raise HParamsError(f"{source}: key 'prune_log_base' must be > 1")
         if self.prune_bound_scale <= 0:

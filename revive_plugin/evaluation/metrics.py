@@ -3,7 +3,7 @@
 * :func:`prob_comparison` - CounterFact Efficacy / Paraphrase / Neighborhood
   (Eq. 10-12): compare mean token NLLs of two targets.
 * :func:`n_gram_entropy` - Fluency (Eq. 13 as MEMIT's code computes it:
-  the mean of (2/3)·H2 and (4/3)·H3 in bits; tables show ×100).
+  the mean of (2/3)·H2 and (4/3)·H3 in bits over nltk word tokens; tables show ×100).
 * :class:`TfidfModel` / :func:`tfidf_similarity` - Consistency: cosine of TF-IDF
   vectors, IDF fitted on a reference corpus (smoothed IDF, L2-normalised, as
   scikit-learn's default ``TfidfVectorizer``).
@@ -19,7 +19,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-_WORD_OR_PUNCT = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _TFIDF_TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
 
@@ -37,8 +36,16 @@ def prob_comparison(nll_first: Sequence[float], nll_second: Sequence[float]) -> 
 
 
 def word_tokens(text: str) -> list[str]:
-    """Words and punctuation marks (a regex stand-in for nltk's word_tokenize)."""
-    return _WORD_OR_PUNCT.findall(text)
+    """``nltk.word_tokenize`` without a downloaded model: sentences from nltk's Punkt tokenizer with its
+    default (untrained) parameters instead of the downloadable English ``punkt`` tables, then nltk's
+    improved Treebank word tokenizer on each sentence (as ``word_tokenize`` does). It differs from
+    ``word_tokenize`` only where the English tables know an abbreviation ("Mr. Smith": two tokens "Mr"
+    "." at a sentence break here, one token "Mr." there)."""
+    from nltk.tokenize import NLTKWordTokenizer
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    words = NLTKWordTokenizer()
+    return [t for sent in PunktSentenceTokenizer().tokenize(text) for t in words.tokenize(sent)]
 
 
 def entropy_bits(counts: Iterable[int]) -> float:
