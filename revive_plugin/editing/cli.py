@@ -7,7 +7,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("stats", help="precompute FFN-key covariance statistics (EasyEdit npz layout)")
     p.add_argument("--method", default="MEMIT", help="method whose hparams give layers/sizes (default MEMIT)")
     p.add_argument("--model", default="smollm2-135m", help="bundled name, local HF folder or hub id")
-    p.add_argument("--hparams", default=None, help="YAML file (default: hparams/<METHOD>/<model>.yaml)")
+    p.add_argument("--hparams", default=None, help="YAML file (default: <METHOD>/<model>.yaml shipped in revive_plugin/hparams)")
     p.add_argument("--stats-dir", default=None, help="override stats_dir of the hparams")
     p.add_argument("--n-samples", type=int, default=None, help="override mom2_n_samples (number of texts)")
     p.add_argument("--texts", default=None, help="text file, one text per line (default: offline Wikipedia)")
