@@ -17,8 +17,8 @@ import errno
 import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,24 +80,34 @@ def ensure_dir(folder, what: str = "files", hint: str = "") -> Path:
     return folder
 
 
+def _new_temp(target: Path, make) -> Path:
+    """A fresh ``.<name>.<random>.tmp`` next to ``target``, created by ``make(path)`` (which fails if it exists)."""
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            make(tmp)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _make_file(tmp: Path) -> None:
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, as for open()
+
+
 @contextlib.contextmanager
-def atomic_path(path, what: str = "file", hint: str = "", mode: int | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; when the block ends normally it replaces ``path``
-    (with permission bits ``mode`` if given), otherwise it is removed. Write errors of the folder
-    become :class:`CacheWriteError`."""
+def atomic_path(path, what: str = "file", hint: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; when the block ends normally it replaces ``path``,
+    otherwise it is removed. Write errors of the folder become :class:`CacheWriteError`."""
     path = Path(path)
     ensure_dir(path.parent, what, hint)
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = _new_temp(path, _make_file)
     except OSError as e:
         err = write_error(e, path.parent, what, hint)
         raise (err or e) from e
-    os.close(fd)
-    tmp = Path(name)
     try:
         yield tmp
-        if mode is not None:
-            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except Exception as e:
         err = write_error(e, path.parent, what, hint)
@@ -109,10 +119,9 @@ def atomic_path(path, what: str = "file", hint: str = "", mode: int | None = Non
             tmp.unlink()
 
 
-def atomic_write_bytes(path, data: bytes, what: str = "file", hint: str = "", fsync: bool = False,
-                       mode: int | None = None) -> Path:
+def atomic_write_bytes(path, data: bytes, what: str = "file", hint: str = "", fsync: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically (``fsync`` before the rename when asked)."""
-    with atomic_path(path, what, hint, mode) as tmp:
+    with atomic_path(path, what, hint) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
             if fsync:
@@ -144,7 +153,7 @@ def atomic_dir(target, what: str = "folder", hint: str = "") -> Iterator[Path]:
     target = Path(target)
     ensure_dir(target.parent, what, hint)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = _new_temp(target, lambda p: p.mkdir(0o777))
     except OSError as e:
         err = write_error(e, target.parent, what, hint)
         raise (err or e) from e

@@ -390,7 +390,7 @@ def write_facts(path: str | os.PathLike, seed: int = 0) -> Path:
     path = Path(path)
     records = build_facts(seed)
     validate_counterfact(records)
-    return atomic_write_bytes(path, dumps_facts(records), what="fact set", hint=CACHE_HINT, mode=0o644)
+    return atomic_write_bytes(path, dumps_facts(records), what="fact set", hint=CACHE_HINT)
 
 
 def _cache_root() -> Path:

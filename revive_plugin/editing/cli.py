@@ -14,6 +14,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dataset", default=None, help="dataset name in the path (default: mom2_dataset)")
     p.add_argument("--max-tokens", type=int, default=None, help="context cap per text (stats_max_tokens)")
     p.add_argument("--device", default=None, help="torch device for the model (default: CPU)")
+    p.add_argument("--save-every", type=float, default=None, metavar="SECONDS",
+                   help="save the pass's progress every SECONDS of work; a killed pass continues from it "
+                        "(default: 300)")
     p.set_defaults(func=run)
 
 
@@ -41,7 +44,8 @@ def run(args) -> int:
     texts = texts_from_file(args.texts) if args.texts else None
     paths = ensure_stats(model, tok, [editor.module_name(l) for l in editor.layers], hp.stats_dir,
                          mom2_dataset=hp.mom2_dataset, n_samples=hp.mom2_n_samples, dtype=hp.mom2_dtype,
-                         texts=texts, max_tokens=hp.stats_max_tokens, batch_tokens=hp.stats_batch_tokens)
+                         texts=texts, max_tokens=hp.stats_max_tokens, batch_tokens=hp.stats_batch_tokens,
+                         **({"save_every_s": args.save_every} if args.save_every else {}))
     for path in paths.values():
         print(path)
     return 0
