@@ -3,7 +3,8 @@
 A file holds U_k, V_k and all singular values of one original weight; its header records the
 format version, the weight's fingerprint, shape and dtype, τ and k. Every load is verified
 against the weight being protected; a corrupt, truncated, stale or mismatching file is reported
-and recomputed, never used. Writes are atomic (temporary file + rename).
+and recomputed, never used. Writes are atomic (temporary file + rename); processes sharing the
+folder compute each basis once (the others wait on its lock file, then load it).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from . import _io
 
 from .projection import DominantBasis, check_tau, dominant_rank
 
@@ -47,21 +49,6 @@ def weight_fingerprint(weight: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write a safetensors file through a temporary file in the same folder and rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def read_safetensors_metadata(path: Path) -> dict[str, str]:
     """The JSON header's ``__metadata__`` of a safetensors file (raises ValueError if unreadable)."""
     with open(path, "rb") as f:
@@ -78,6 +65,15 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
         return json.loads(header).get("__metadata__") or {}
     except json.JSONDecodeError as e:
         raise ValueError(f"corrupt safetensors header: {e}") from None
+
+
+def _file_id(path: Path) -> tuple | None:
+    """Identity of the file now at ``path`` (None when absent): tells a rewritten file from one already read."""
+    try:
+        st = path.stat()
+    except OSError:  # absent, or a parent is not a folder
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 class BasisCache:
@@ -108,12 +104,12 @@ class BasisCache:
         if key in self._memory:
             return self._memory[key].to(weight.device)
         path = self.path_for(fp, tau)
-        basis = self._load(path, weight, fp, tau) if path is not None and path.exists() else None
-        if basis is None:
-            basis = DominantBasis.from_weight(weight, tau)
-            self.computed += 1
-            if path is not None:
-                self._store(path, basis, weight, fp)
+        seen = _file_id(path) if path is not None else None
+        basis = self._load(path, weight, fp, tau) if seen is not None else None
+        if basis is None and path is not None:
+            basis = self._compute_locked(path, weight, fp, tau, seen)
+        elif basis is None:
+            basis = self._compute(weight, tau)
         else:
             self.loaded += 1
         self._memory[key] = basis
@@ -133,6 +129,27 @@ class BasisCache:
             return basis.to(device) if device is not None else basis
         return None
 
+    def _compute(self, weight: torch.Tensor, tau: float) -> DominantBasis:
+        self.computed += 1
+        return DominantBasis.from_weight(weight, tau)
+
+    def _compute_locked(self, path: Path, weight: torch.Tensor, fp: str, tau: float, seen) -> DominantBasis:
+        """SVD under ``path``'s lock, unless another process wrote the file since it was ``seen``; an
+        unwritable folder is reported (StaleCacheWarning naming it) and the basis kept in memory."""
+        try:
+            with _io.file_lock(path, what="basis", hint=_io.CACHE_HINT):
+                now = _file_id(path)
+                basis = self._load(path, weight, fp, tau) if now is not None and now != seen else None
+                if basis is not None:
+                    self.loaded += 1
+                    return basis
+                basis = self._compute(weight, tau)
+                self._store(path, basis, weight, fp)
+                return basis
+        except _io.CacheWriteError as e:
+            warnings.warn(f"could not write basis cache: {e}", StaleCacheWarning, stacklevel=4)
+            return self._compute(weight, tau)
+
     def _store(self, path: Path, basis: DominantBasis, weight: torch.Tensor, fp: str) -> None:
         meta = {
             "format": "revive-plugin/basis",
@@ -145,9 +162,9 @@ class BasisCache:
         }
         tensors = {"U": basis.U, "V": basis.V, "singular_values": basis.singular_values}
         try:
-            atomic_save_safetensors(tensors, path, meta)
+            _io.atomic_save_safetensors(tensors, path, meta, what="basis", hint=_io.CACHE_HINT)
         except OSError as e:
-            warnings.warn(f"could not write basis cache {path}: {e}", StaleCacheWarning, stacklevel=3)
+            warnings.warn(f"could not write basis cache {path}: {e}", StaleCacheWarning, stacklevel=4)
 
     def _load(self, path: Path, weight: torch.Tensor | None, fp: str, tau: float) -> DominantBasis | None:
         try:

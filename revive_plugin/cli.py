@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
+    except (ValueError, OSError, KeyError, TypeError) as e:
         print(f"revive: error: {e}", file=sys.stderr)
         return 2
 

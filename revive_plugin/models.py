@@ -13,18 +13,18 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ._io import CACHE_HINT, atomic_dir, file_lock
 from .cache import default_cache_dir
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m"
+MARKER = "revive-model.json"  # in every finished conversion (the folder appears whole, by rename)
 
 
 def _package_dir(module: str) -> Path:
@@ -67,17 +67,29 @@ BUNDLED: dict[str, BundledModel] = {
 
 
 def bundled_model_dir(name: str = DEFAULT_MODEL, cache_dir: str | os.PathLike | None = None) -> Path:
-    """HF folder of a bundled model, converting its GGUF file on the first call."""
+    """HF folder of a bundled model, converting its GGUF file on the first call (once per cache folder:
+    a process that finds another one converting waits for it)."""
     if name not in BUNDLED:
         raise KeyError(f"unknown bundled model {name!r}; choose one of {sorted(BUNDLED)}")
     root = Path(cache_dir or os.environ.get("REVIVE_MODEL_CACHE") or default_cache_dir() / "models")
     target = root / name
-    if (target / "revive-model.json").exists():
+    if (target / MARKER).exists():
         return target
-    gguf = BUNDLED[name].gguf()
-    if not gguf.exists():
-        raise FileNotFoundError(f"GGUF file for {name} not found at {gguf}")
-    log.warning("converting %s from %s to an HF folder at %s (once; this takes a minute)", name, gguf.name, target)
+    with file_lock(target, what="converted model", hint=CACHE_HINT):
+        if (target / MARKER).exists():
+            return target
+        gguf = BUNDLED[name].gguf()
+        if not gguf.exists():
+            raise FileNotFoundError(f"GGUF file for {name} not found at {gguf}")
+        log.warning("converting %s from %s to an HF folder at %s (once; this takes a minute)", name, gguf.name, target)
+        with atomic_dir(target, what="converted model", hint=CACHE_HINT) as tmp:
+            _convert_gguf(gguf, tmp)
+            (tmp / MARKER).write_text(json.dumps({"name": name, "source": gguf.name}, indent=2))
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF file with transformers and save model + tokenizer as an HF folder in ``out``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
@@ -85,19 +97,8 @@ def bundled_model_dir(name: str = DEFAULT_MODEL, cache_dir: str | os.PathLike | 
     config = AutoConfig.for_model(**src.config.to_dict())
     model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
     model.load_state_dict(src.state_dict())
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "revive-model.json").write_text(json.dumps({"name": name, "source": gguf.name}, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
 
 
 def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:

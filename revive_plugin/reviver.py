@@ -15,7 +15,8 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from .cache import BasisCache, atomic_save_safetensors, read_safetensors_metadata, weight_fingerprint
+from ._io import atomic_save_safetensors, atomic_write_text
+from .cache import BasisCache, read_safetensors_metadata, weight_fingerprint
 from .projection import DominantBasis, check_tau
 
 STATE_VERSION = "1"
@@ -106,16 +107,13 @@ class Reviver:
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``reviver.json`` and ``reviver.safetensors`` (the bases) into ``directory``."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for i, (name, b) in enumerate(self._bases.items()):
             tensors.update({f"{i}.U": b.U, f"{i}.V": b.V, f"{i}.S": b.singular_values})
         state = self.state_dict()
         state["order"] = list(self._bases)
         atomic_save_safetensors(tensors, directory / "reviver.safetensors", {"state": json.dumps(state)})
-        tmp = directory / ".reviver.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, directory / "reviver.json")
+        atomic_write_text(directory / "reviver.json", json.dumps(state, indent=2))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, cache: BasisCache | None = None,

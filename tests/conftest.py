@@ -1,14 +1,26 @@
-"""Shared fixtures: the bundled real model (loaded once), a tiny random Llama, the GLUE folder."""
+"""Shared fixtures: the bundled real model (loaded once), a tiny random Llama, a tiny GLUE folder."""
 
 from __future__ import annotations
 
+import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_hub():
+    """Tests never reach the Hugging Face hub (GLUE data included)."""
+    saved = {v: os.environ.get(v) for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+    os.environ.update({v: "1" for v in saved})
+    yield
+    for v, old in saved.items():
+        if old is None:
+            os.environ.pop(v, None)
+        else:
+            os.environ[v] = old
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,9 +79,25 @@ def small_model(bundled_tokenizer):
     return model, bundled_tokenizer
 
 
+def _glue_rows(task: str, i: int) -> dict:
+    """Row ``i`` of a tiny GLUE-style task in the files' schema, labels cycling through every class."""
+    a, b = f"the film number {i} was fine", f"a sentence about item {i}"
+    if task in ("sst2", "cola"):
+        return {"sentence": a, "label": i % 2}
+    if task in ("mrpc", "rte"):
+        return {"sentence1": a, "sentence2": b, "label": i % 2}
+    if task == "nli":
+        return {"sentence1": a, "sentence2": b, "label": ("entailment", "not_entailment")[i % 2]}
+    return {"question": f"which option is {i % 4}?", "choices": ["zero", "one", "two", "three"], "answer": i % 4}
+
+
 @pytest.fixture(scope="session")
-def glue_dir():
-    path = Path(os.environ.get("REVIVE_GLUE_DIR", REPO.parent / "shared" / "data" / "glue-subsets"))
-    if not path.is_dir():
-        pytest.skip(f"GLUE-style subsets not found at {path} (set REVIVE_GLUE_DIR)")
+def glue_dir(tmp_path_factory):
+    """A folder of tiny GLUE-style subsets (12 rows per task) written here, so no test needs outside data."""
+    from revive_plugin.evaluation.general import GLUE_TASKS
+
+    path = tmp_path_factory.mktemp("glue")
+    for task in GLUE_TASKS:
+        rows = [_glue_rows(task, i) for i in range(12)]
+        (path / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

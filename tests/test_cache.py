@@ -33,10 +33,15 @@ def count_svd(monkeypatch):
     return calls
 
 
+def _cache_files(folder):
+    """Basis files in ``folder`` (lock files, kept for other processes, excluded)."""
+    return sorted(p for p in folder.iterdir() if p.suffix != ".lock")
+
+
 def test_second_cache_loads_from_disk_without_svd(tmp_path, weight, count_svd):
     first = BasisCache(tmp_path).get(weight, 0.1)
     assert len(count_svd) == 1
-    files = list(tmp_path.iterdir())
+    files = _cache_files(tmp_path)
     assert len(files) == 1 and files[0].suffix == ".safetensors"
     meta = read_safetensors_metadata(files[0])
     assert meta["fingerprint"] == weight_fingerprint(weight)
@@ -86,7 +91,7 @@ def test_second_process_loads_from_disk(tmp_path, weight):
 )
 def test_corrupt_file_is_reported_and_recomputed(tmp_path, weight, count_svd, damage):
     good = BasisCache(tmp_path).get(weight, 0.1)
-    (path,) = tmp_path.iterdir()
+    (path,) = _cache_files(tmp_path)
     damage(path)
     with pytest.warns(StaleCacheWarning, match="ignoring basis cache"):
         again = BasisCache(tmp_path).get(weight, 0.1)
@@ -99,7 +104,7 @@ def test_corrupt_file_is_reported_and_recomputed(tmp_path, weight, count_svd, da
 def test_fingerprint_mismatch_is_not_used(tmp_path, weight, count_svd):
     cache = BasisCache(tmp_path)
     cache.get(weight, 0.1)
-    (path,) = tmp_path.iterdir()
+    (path,) = _cache_files(tmp_path)
     other = weight.clone()
     other[0, 0] += 1.0
     # a stale file sitting under the other weight's name
@@ -122,7 +127,7 @@ def test_fingerprint_sees_every_value(weight):
 def test_default_location_is_configurable(tmp_path, monkeypatch, weight):
     monkeypatch.setenv("REVIVE_CACHE_DIR", str(tmp_path / "here"))
     BasisCache().get(weight, 0.1)
-    assert len(list((tmp_path / "here" / "bases").iterdir())) == 1
+    assert len(_cache_files(tmp_path / "here" / "bases")) == 1
 
 
 class Tiny(nn.Module):

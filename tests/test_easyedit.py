@@ -369,5 +369,5 @@ def test_paper_model_yamls_load(ee, method):
         assert (hp.alg_name, hp.rewrite_module_tmp, hp.layers) == (method, tmp, layers)
         assert hp.use_revive is True and hp.revive_tau == TAU
         host_cls = getattr(easyeditor, f"{method}HyperParams")  # EasyEdit's own, or ours registered by enable()
-        hh = host_cls.from_hparams(str(REPO / "hparams" / method / model))
+        hh = host_cls.from_hparams(str(REPO / "revive_plugin" / "hparams" / method / model))
         assert (hh.rewrite_module_tmp, hh.layers, hh.use_revive, hh.revive_tau) == (tmp, layers, True, TAU)

@@ -47,13 +47,13 @@ def _load(path):
 
 
 def test_alphaedit_llama3_l2_is_the_references_10():
-    assert _load(REPO / "hparams" / "AlphaEdit" / "llama3-8b.yaml")["L2"] == 10
+    assert _load(REPO / "revive_plugin" / "hparams" / "AlphaEdit" / "llama3-8b.yaml")["L2"] == 10
 
 
 def test_one_rect_fraction_in_code_yamls_and_docs():
     expected = RECTHyperParams().rect_top_fraction
     assert expected == 0.4
-    files = sorted((REPO / "hparams" / "RECT").glob("*.yaml"))
+    files = sorted((REPO / "revive_plugin" / "hparams" / "RECT").glob("*.yaml"))
     assert len(files) >= 5
     for path in files:
         data = _load(path)
@@ -61,7 +61,7 @@ def test_one_rect_fraction_in_code_yamls_and_docs():
         assert data.get("rect_mode", "reference") == "reference", path.name
         header = path.read_text(encoding="utf-8")
         assert not re.search(r"rect_top_fraction \d", header.replace("0.4", "")), path.name
-    for doc in (REPO / "docs" / "methods.md", REPO / "hparams" / "README.md",
+    for doc in (REPO / "docs" / "methods.md", REPO / "revive_plugin" / "hparams" / "README.md",
                 REPO / "revive_plugin" / "editing" / "rect.py"):
         text = doc.read_text(encoding="utf-8")
         stated = re.findall(r"(?:rect_top_fraction|[Ff]raction is)\W{0,4}(?:\(|is |= |: )?(\d\.\d+)", text)

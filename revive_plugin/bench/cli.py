@@ -102,7 +102,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="native = this project's editors; easyedit = the same YAML through EasyEdit's BaseEditor "
                         "(needs EasyEdit importable) (default: native)")
     g.add_argument("--hparams-dir", default=None,
-                   help="folder with <METHOD>/<model>.yaml (default: the repository's hparams/)")
+                   help="folder with <METHOD>/<model>.yaml, used before the YAMLs shipped in the package")
     g.add_argument("--set", dest="overrides", type=_kv, action="append", default=None, metavar="KEY=VALUE",
                    help="override one hparams key for every method (YAML value, e.g. --set layers=[4,5]); repeatable")
     g = p.add_argument_group("evaluation")
@@ -121,7 +121,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="memit = MEMIT's protocol (top-k 5 sampling up to 100 tokens on every generation prompt); "
                         "fast = greedy 40 new tokens on the first 2 prompts (CI) (default: memit; smoke: fast)")
     g.add_argument("--glue-dir", default=None,
-                   help="folder of GLUE-style *.jsonl subsets (default: $REVIVE_GLUE_DIR or ../shared/data/glue-subsets)")
+                   help="folder of GLUE-style <task>.jsonl subsets (default: $REVIVE_GLUE_DIR, else GLUE's "
+                        "validation splits via Hugging Face `datasets` when online, else skipped)")
     g.add_argument("--glue-tasks", type=_csv, default=None, metavar="T1,T2",
                    help="GLUE-style tasks (default: sst2,mrpc,rte,cola)")
     g.add_argument("--glue-n", type=int, default=None, help=f"examples per GLUE task, 0 = skip {_d('glue_n')}")

@@ -4,6 +4,7 @@ fakes with the same methods. Heavy imports (transformers, EasyEdit) happen insid
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,15 +16,7 @@ from .config import ALL_METHODS, BenchConfig
 
 
 PROBE_POOL_FACTOR = 20
-
-
-def default_glue_dir() -> Path | None:
-    """REVIVE_GLUE_DIR, else ``../shared/data/glue-subsets`` next to the repository, else None."""
-    env = os.environ.get("REVIVE_GLUE_DIR")
-    if env:
-        return Path(env)
-    guess = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "glue-subsets"
-    return guess if guess.is_dir() else None
+log = logging.getLogger(__name__)
 
 
 def _json_safe(d: dict) -> dict:
@@ -74,14 +67,16 @@ class GeneralEvaluator:
 
     def __init__(self, cfg: BenchConfig, model, tok, probe_records=(), state_path=None):
         from revive_plugin.data.corpus import wiki_texts
-        from revive_plugin.evaluation.general import KnowledgeProbe, probe_candidates
+        from revive_plugin.evaluation.general import KnowledgeProbe, probe_candidates, resolve_glue_dir
 
         from .state import atomic_write_json, read_json
 
         self.cfg = cfg
-        self.glue_dir = Path(cfg.glue_dir) if cfg.glue_dir else default_glue_dir()
-        if self.glue_dir is not None and not self.glue_dir.is_dir():
-            raise FileNotFoundError(f"GLUE-style data folder not found: {self.glue_dir}")
+        self.glue_dir = None
+        if cfg.glue_n > 0 and cfg.glue_tasks:
+            self.glue_dir, note = resolve_glue_dir(cfg.glue_dir, tuple(cfg.glue_tasks))
+            if self.glue_dir is None:
+                log.warning(note)
         self.texts = wiki_texts("heldout", n=cfg.ppl_texts) if cfg.ppl_texts > 0 else []
         self.probe = None
         if cfg.probe_n > 0:

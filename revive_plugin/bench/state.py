@@ -10,13 +10,13 @@ state. Orphan folders from an interrupted save are removed on the next resume.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from revive_plugin import _io
 
 PROGRESS_FILE = "progress.json"
 PARAMS_FILE = "params.safetensors"
@@ -25,25 +25,8 @@ REPR_REFERENCE_FILE = "repr_reference.safetensors"  # unedited hidden states (ru
 REPR_FINAL_FILE = "repr_final.safetensors"          # an arm's hidden states at its last checkpoint
 
 
-def _tmp_path(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def atomic_write_text(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _io.atomic_write_text(path, text, what="run state", fsync=True)
 
 
 def atomic_write_json(path, obj) -> None:
@@ -71,17 +54,7 @@ def read_json(path):
 
 def save_tensors_atomic(path, tensors: dict) -> None:
     """Save a name->tensor dict as safetensors (CPU, contiguous), atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _io.atomic_save_safetensors(tensors, path, what="run state")
 
 
 def load_tensors(path) -> dict:
@@ -131,16 +104,10 @@ def round_state_dir(arm_dir, rounds_done: int) -> Path:
 def write_round_state(arm_dir, rounds_done: int, params: dict, editor, extra: dict) -> str:
     """Write a complete state folder for ``rounds_done``; returns its path relative to arm_dir."""
     target = round_state_dir(arm_dir, rounds_done)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp = target.with_name(target.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_tensors_atomic(tmp / PARAMS_FILE, params)
-    editor.save(str(tmp / EDITOR_DIR))
-    atomic_write_json(tmp / "extra.json", extra)
-    os.replace(tmp, target)
+    with _io.atomic_dir(target, what="run state") as tmp:
+        save_tensors_atomic(tmp / PARAMS_FILE, params)
+        editor.save(str(tmp / EDITOR_DIR))
+        atomic_write_json(tmp / "extra.json", extra)
     return str(target.relative_to(arm_dir))
 
 

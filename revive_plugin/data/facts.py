@@ -26,10 +26,10 @@ import json
 import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._io import CACHE_HINT, atomic_write_bytes, file_lock
 from . import corpus
 from .counterfact import load_counterfact, validate_counterfact
 
@@ -390,18 +390,7 @@ def write_facts(path: str | os.PathLike, seed: int = 0) -> Path:
     path = Path(path)
     records = build_facts(seed)
     validate_counterfact(records)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(dumps_facts(records))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_bytes(path, dumps_facts(records), what="fact set", hint=CACHE_HINT)
 
 
 def _cache_root() -> Path:
@@ -424,5 +413,7 @@ def load_facts(path: str | os.PathLike | None = None, seed: int = 0) -> list[dic
     if path is None:
         path = default_facts_path(seed)
         if not path.is_file():
-            write_facts(path, seed)
+            with file_lock(path, what="fact set", hint=CACHE_HINT):  # another process may be building it
+                if not path.is_file():
+                    write_facts(path, seed)
     return load_counterfact(path)

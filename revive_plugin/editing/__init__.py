@@ -15,7 +15,6 @@ hparams, copy=False, return_orig_weights=True, state=None, **kwargs) -> (model, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from .alphaedit import AlphaEditEditor, apply_AlphaEdit_to_model, apply_alphaedit_to_model
@@ -31,6 +30,7 @@ from .hparams import (
     PRUNEHyperParams,
     RECTHyperParams,
 )
+from .hparams_files import hparams_file
 from .memit import MEMITEditor, apply_memit_to_model
 from .nse import NSEEditor, apply_nse_to_model
 from .prune import PRUNEEditor, apply_prune_to_model
@@ -57,9 +57,6 @@ METHODS: dict[str, MethodSpec] = {
     "DeltaEdit": MethodSpec("DeltaEdit", DeltaEditHyperParams, apply_deltaedit_to_model, DeltaEditEditor),
 }
 
-DEFAULT_HPARAMS_DIR = Path(__file__).resolve().parents[2] / "hparams"
-
-
 def get_method(name: str) -> MethodSpec:
     """The :class:`MethodSpec` called ``name`` (case-insensitive)."""
     for key, spec in METHODS.items():
@@ -69,14 +66,11 @@ def get_method(name: str) -> MethodSpec:
 
 
 def load_hparams(method: str, model: str = "smollm2-135m", hparams_dir=None, **overrides):
-    """Read ``<hparams_dir>/<METHOD>/<model>.yaml`` (default: the repository's ``hparams/``) and apply
-    ``overrides`` (validated like file keys)."""
+    """Read ``<METHOD>/<model>.yaml`` from ``hparams_dir`` when it has one, else the YAML shipped in the
+    package (``revive_plugin/hparams/``), and apply ``overrides`` (validated like file keys)."""
     spec = get_method(method)
-    root = Path(hparams_dir) if hparams_dir is not None else DEFAULT_HPARAMS_DIR
-    path = root / spec.name / f"{model}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no hparams for {spec.name} on {model!r}: {path}")
-    hp = spec.hparams_cls.from_hparams(path)
+    with hparams_file(spec.name, model, hparams_dir) as path:
+        hp = spec.hparams_cls.from_hparams(path)
     return hp.replace(**overrides) if overrides else hp
 
 

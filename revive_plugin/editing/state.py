@@ -11,11 +11,12 @@ which dies with the model and is cleared by :func:`reset_state`.
 from __future__ import annotations
 
 import json
-import os
 import weakref
 from pathlib import Path
 
 import torch
+
+from .._io import atomic_save_safetensors, atomic_write_text
 
 STATE_VERSION = 1
 _TENSORS = "state.safetensors"
@@ -41,19 +42,11 @@ class EditState:
 
     def save(self, directory) -> Path:
         """Write ``state.safetensors``, ``state.json`` (and ``reviver/``) into ``directory``."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}
-        tmp = directory / (_TENSORS + ".tmp")
-        save_file(tensors, str(tmp), metadata={"method": self.method})
-        os.replace(tmp, directory / _TENSORS)
+        atomic_save_safetensors(self.tensors, directory / _TENSORS, {"method": self.method}, what="edit state")
         meta = {"version": STATE_VERSION, "method": self.method, "meta": self.meta,
                 "revive": self.reviver is not None}
-        tmpj = directory / (_META + ".tmp")
-        tmpj.write_text(json.dumps(meta, indent=2))
-        os.replace(tmpj, directory / _META)
+        atomic_write_text(directory / _META, json.dumps(meta, indent=2), what="edit state")
         if self.reviver is not None:
             self.reviver.save(directory / "reviver")
         return directory

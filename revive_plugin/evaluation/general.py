@@ -2,20 +2,27 @@
 held-out perplexity, and a zero-shot probe of facts the unedited model knew.
 
 GLUE-style subsets are JSON-lines files (sst2, mrpc, rte, cola, nli, mmlu) read
-from a folder given as argument or by ``$REVIVE_GLUE_DIR``.  Each item is a
-short few-shot prompt; the prediction is the label word whose first token has
-the highest log-probability at the last position (one batched forward).
+from a folder given as argument or by ``$REVIVE_GLUE_DIR``; :func:`resolve_glue_dir`
+falls back to GLUE's validation splits from Hugging Face ``datasets`` when it is
+installed and online.  Each item is a short few-shot prompt; the prediction is the
+label word whose first token has the highest log-probability at the last position
+(one batched forward).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import math
 import os
 import random
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlparse
 
 import torch
 from tqdm.auto import tqdm
@@ -24,6 +31,11 @@ from .metrics import perplexity_from_nll
 from .scoring import encode_targets, model_device, next_token_logprobs, pad_id, score_continuations
 
 GLUE_TASKS = ("sst2", "mrpc", "rte", "cola", "nli", "mmlu", "sentiment_analysis")
+#: tasks whose validation split ``datasets`` can fetch from the GLUE benchmark (``nyu-mll/glue``)
+HF_GLUE_TASKS = ("sst2", "mrpc", "rte", "cola")
+HF_GLUE_REPO = "nyu-mll/glue"
+_OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+log = logging.getLogger(__name__)
 MAX_WORDS = 60
 
 
@@ -81,6 +93,77 @@ def glue_dir(data_dir: str | os.PathLike | None = None) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"GLUE-style data folder not found: {path}")
     return path
+
+
+def _hf_online(timeout: float = 3.0) -> bool:
+    """False when an HF offline variable is set or the hub does not answer within ``timeout`` seconds."""
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in _OFFLINE_VARS):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    reached: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)  # name resolution ignores the socket timeout
+    t.start()
+    t.join(timeout + 1.0)
+    return bool(reached)
+
+
+def _export_hf_glue(tasks: tuple[str, ...], folder: Path) -> None:
+    """Write GLUE's validation split of each task to ``<folder>/<task>.jsonl`` (atomically, once)."""
+    import datasets
+
+    from .. import _io
+
+    for task in tasks:
+        path = folder / f"{task}.jsonl"
+        with _io.file_lock(path, what="GLUE data", hint=_io.CACHE_HINT):
+            if path.is_file():
+                continue
+            rows = datasets.load_dataset(HF_GLUE_REPO, task, split="validation")
+            text = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows)
+            _io.atomic_write_text(path, text, what="GLUE data", hint=_io.CACHE_HINT)
+
+
+def resolve_glue_dir(data_dir: str | os.PathLike | None = None, tasks: tuple[str, ...] = HF_GLUE_TASKS,
+                     cache_dir: str | os.PathLike | None = None) -> tuple[Path | None, str]:
+    """``(folder, note)``: where general-ability data comes from, or ``(None, why it is skipped)``.
+
+    ``data_dir`` (e.g. ``--glue-dir``), else ``$REVIVE_GLUE_DIR`` (both must exist), else GLUE's
+    validation splits exported once from Hugging Face ``datasets`` to ``<cache>/data/glue-hf`` (used
+    offline once there; fetched only when ``datasets`` is importable and the hub answers).
+    """
+    if data_dir is not None or os.environ.get("REVIVE_GLUE_DIR"):
+        path = glue_dir(data_dir)
+        return path, f"GLUE-style data from {path}"
+    from ..cache import default_cache_dir
+
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "data" / "glue-hf"
+    tasks = tuple(tasks)
+    how = ("give --glue-dir DIR or set REVIVE_GLUE_DIR to a folder of <task>.jsonl files"
+           f", or install `datasets` and go online for GLUE's validation splits of {', '.join(HF_GLUE_TASKS)}")
+    if all((folder / f"{t}.jsonl").is_file() for t in tasks):
+        return folder, f"GLUE validation splits from {folder}"
+    unavailable = [t for t in tasks if t not in HF_GLUE_TASKS]
+    if unavailable:
+        reason = f"{', '.join(unavailable)} not in GLUE on Hugging Face"
+    elif importlib.util.find_spec("datasets") is None:
+        reason = "no data folder and `datasets` is not installed"
+    elif not _hf_online():
+        reason = "no data folder and Hugging Face is offline"
+    else:
+        try:
+            _export_hf_glue(tasks, folder)
+            return folder, f"GLUE validation splits from Hugging Face, saved in {folder}"
+        except Exception as e:  # hub errors, missing configs, network drops: report and go on without
+            reason = f"loading GLUE from Hugging Face failed ({type(e).__name__}: {str(e)[:200]})"
+    return None, f"general ability: GLUE-style accuracy skipped ({reason}); {how}"
 
 
 def load_glue_task(task: str, data_dir: str | os.PathLike | None = None) -> list[dict]:
@@ -204,8 +287,6 @@ def perplexity(model, tok, texts: list[str], batch_size: int = 8, max_length: in
 
 def lm_eval_tasks(model, tok, tasks: tuple[str, ...] = ("hellaswag",), limit: int | None = 100, batch_size: int = 8) -> dict:
     """Optional lm-evaluation-harness tasks; ``{"skipped": reason}`` when it or its data is unavailable."""
-    import importlib.util
-
     if importlib.util.find_spec("lm_eval") is None:
         return {"skipped": "lm-evaluation-harness is not installed (pip install lm-eval)"}
     try:
