@@ -58,10 +58,14 @@ class BundledModel:
     name: str
     gguf: Callable[[], Path]
     description: str
+    #: the word EasyEdit main's BaseEditor looks for in ``model_name`` to pick a loader for this
+    #: architecture (None: EasyEdit has no loader for it; hand it a loaded ``(model, tok)`` instead)
+    easyedit_family: str | None = None
 
 
 BUNDLED: dict[str, BundledModel] = {
-    "smollm2-135m": BundledModel("smollm2-135m", _smollm2_gguf, "SmolLM2-135M-Instruct (Llama architecture, Apache-2.0)"),
+    "smollm2-135m": BundledModel("smollm2-135m", _smollm2_gguf, "SmolLM2-135M-Instruct (Llama architecture, Apache-2.0)",
+                                 easyedit_family="llama"),
     "gemma3-270m": BundledModel("gemma3-270m", _gemma3_gguf, "Gemma-3-270M base (Gemma terms of use)"),
 }
 
@@ -130,6 +134,52 @@ def load_model(
     return model, tok
 
 
+def export_for_easyedit(name: str, directory: str | os.PathLike, family: str | None = None,
+                        cache_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Copy bundled model ``name`` (converted HF folder) to ``<directory>/<name>-<family>`` for EasyEdit.
+
+    EasyEdit main's ``BaseEditor`` picks its model loader by a family word in ``model_name`` (``llama``,
+    ``qwen``, ``gpt`` …) and names its covariance folder after the last part of ``model_name``; AlphaEdit
+    also picks matrix shapes by that word. Returns ``(model_dir, stats_dir)``: put them in the YAML as
+    ``model_name`` and ``stats_dir`` (``revive stats --model <model_dir> --stats-dir <stats_dir>`` writes
+    the statistics where EasyEdit reads them). An existing export is replaced atomically.
+    """
+    if name not in BUNDLED:
+        raise KeyError(f"unknown bundled model {name!r}; choose one of {sorted(BUNDLED)}")
+    native = BUNDLED[name].easyedit_family
+    family = family or native
+    if family is None or family != native:
+        raise ValueError(
+            f"{name}: EasyEdit main has no loader for it under the family word {family!r}"
+            + (f" (its architecture loads as {native!r})" if native else "")
+            + "; build the editor from a loaded pair instead: hparams.model_name = (model, tok)"
+        )
+    source = bundled_model_dir(name, cache_dir)
+    root = Path(directory).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{name}-{family}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    try:
+        for f in source.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target, root / "stats"
+
+
+def _export(args) -> int:
+    model_dir, stats_dir = export_for_easyedit(args.name, args.directory, args.family, args.cache_dir)
+    print(f"model_name: {model_dir}\nstats_dir: {stats_dir}")
+    print(f"# covariance statistics where EasyEdit reads them:\n"
+          f"# revive stats --method MEMIT --model {model_dir} --stats-dir {stats_dir} --hparams <your YAML>")
+    return 0
+
+
 def add_parser(subparsers) -> None:
     """``revive model prepare NAME``: convert a bundled model once and print its folder."""
     p = subparsers.add_parser("model", help="prepare the bundled models (offline GGUF -> HF folder)")
@@ -138,5 +188,12 @@ def add_parser(subparsers) -> None:
     prep.add_argument("name", nargs="?", default=DEFAULT_MODEL, choices=sorted(BUNDLED), help="bundled model name")
     prep.add_argument("--cache-dir", default=None, help="folder for converted models (default: the revive cache)")
     prep.set_defaults(func=lambda a: print(bundled_model_dir(a.name, a.cache_dir)) or 0)
+    exp = sub.add_parser("export", help="write a bundled model into DIR/<name>-<family> for EasyEdit's BaseEditor "
+                                        "and print the model_name/stats_dir YAML lines")
+    exp.add_argument("directory", help="folder to write into")
+    exp.add_argument("--name", default=DEFAULT_MODEL, choices=sorted(BUNDLED), help="bundled model name")
+    exp.add_argument("--family", default=None, help="EasyEdit family word (default: the model's, e.g. llama)")
+    exp.add_argument("--cache-dir", default=None, help="folder for converted models (default: the revive cache)")
+    exp.set_defaults(func=_export)
     lst = sub.add_parser("list", help="list the bundled models")
     lst.set_defaults(func=lambda a: [print(f"{m.name}: {m.description}") for m in BUNDLED.values()] and 0)
