@@ -38,7 +38,7 @@ import torch
 
 from ..cache import BasisCache
 from ..reviver import Reviver, get_parameter
-from .hparams_patch import DEFAULT_TAU, ReviveConfigError, check_revive_tau
+from ..config import ReviveConfig, ReviveConfigError, check_tau
 from .originals import OriginalWeights, is_reviver_dir
 from .watch import WriteWatch
 
@@ -126,7 +126,7 @@ class ReviveAdapter:
             if len(rec.revivers) > 1:
                 raise ValueError(f"model has Revivers for several τ {sorted(rec.revivers)}; pass tau=")
             return next(iter(rec.revivers.values()))
-        return rec.revivers.get(check_revive_tau(tau))
+        return rec.revivers.get(check_tau(tau))
 
     def set_original_weights(self, model, source) -> None:
         """Give the model's ORIGINAL weights explicitly; bases are (re)taken from them on the next REVIVE edit.
@@ -201,7 +201,7 @@ class ReviveAdapter:
         def apply_with_revive(model, tok, requests, hparams, *args, **kwargs):
             if native_method is None and hasattr(hparams, "P_loc") and hparams.P_loc is None:
                 adapter.fill_p_loc(apply_fn, model, tok, hparams)
-            if not getattr(hparams, "use_revive", False):
+            if not ReviveConfig.of(hparams).enabled:
                 adapter._plain_edited.add(model)
                 return apply_fn(model, tok, requests, hparams, *args, **kwargs)
             return adapter._revive_call(apply_fn, alg_name, native_method, model, tok, requests, hparams, args, kwargs)
@@ -240,7 +240,7 @@ class ReviveAdapter:
         return hparams.P_loc
 
     def _revive_call(self, apply_fn, alg_name, native_method, model, tok, requests, hparams, args, kwargs):
-        tau = check_revive_tau(getattr(hparams, "revive_tau", DEFAULT_TAU))
+        tau = ReviveConfig.of(hparams).tau
         names = edited_param_names(model, hparams)
         for n in names:
             get_parameter(model, n)  # a clear KeyError before anything runs

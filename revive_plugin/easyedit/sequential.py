@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from ..config import ReviveConfig
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "easyedit-host.json"
@@ -100,8 +102,10 @@ def easyedit_hparams(host_cls: type, project_hp, model):
     if not dataclasses.is_dataclass(host_cls):
         raise TypeError(f"{host_cls!r} is not a dataclass hparams class")
     values = project_hp.to_dict() if hasattr(project_hp, "to_dict") else dict(vars(project_hp))
-    revive = {"use_revive": bool(values.pop("use_revive", False)),
-              "revive_tau": float(values.pop("revive_tau", 0.1))}
+    cfg = ReviveConfig.of(project_hp)
+    values.pop("use_revive", None)
+    values.pop("revive_tau", None)
+    revive = {"use_revive": cfg.enabled, "revive_tau": cfg.tau}
     values["device"] = model_device(model)
     values["model_name"] = easyedit_model_name(model) or values.get("model_name")
     from revive_plugin.arch import arch_for, num_layers
@@ -189,7 +193,7 @@ class EasyEditSequentialEditor:
         # The harness builds the editor on the ORIGINAL weights (also when resuming): REVIVE's bases come
         # from them, not from whatever the model holds at its first REVIVE edit.
         bridge.forget(model)
-        if getattr(hp, "use_revive", False):
+        if ReviveConfig.of(hp).enabled:
             bridge.set_original_weights(model, {n: model.get_parameter(n).detach().clone() for n in self._edited})
 
     # ------------------------------------------------------------------ host set-up
