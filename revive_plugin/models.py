@@ -70,6 +70,14 @@ BUNDLED: dict[str, BundledModel] = {
 }
 
 
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``dtype=`` for transformers >= 4.56 (``torch_dtype`` is deprecated there), ``torch_dtype=`` before."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 def bundled_model_dir(name: str = DEFAULT_MODEL, cache_dir: str | os.PathLike | None = None) -> Path:
     """HF folder of a bundled model, converting its GGUF file on the first call."""
     if name not in BUNDLED:
@@ -84,10 +92,10 @@ def bundled_model_dir(name: str = DEFAULT_MODEL, cache_dir: str | os.PathLike | 
     log.warning("converting %s from %s to an HF folder at %s (once; this takes a minute)", name, gguf.name, target)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **_dtype_kwarg(torch.float32))
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config = AutoConfig.for_model(**src.config.to_dict())
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, **_dtype_kwarg(torch.float32))
     model.load_state_dict(src.state_dict())
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
@@ -122,7 +130,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name_or_path, cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype or torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, **_dtype_kwarg(dtype or torch.float32))
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
