@@ -217,3 +217,43 @@ def test_error_inside_the_host_removes_the_hooks(adapter):
         adapter.wrap(failing, "MEMIT")(model, None, [{}], _hparams())
     for n in NAMES:
         assert not model.get_submodule(n.rpartition(".")[0])._forward_pre_hooks
+
+
+def test_null_p_loc_becomes_a_fresh_projector_file_of_this_run(adapter, monkeypatch):
+    """AlphaEdit-like host module (get_project + module-global P_loaded): P_loc null → P computed once, saved
+    to a new file of this process, and the host told to load it; a host without get_project is a clear error."""
+    import types
+
+    host = types.ModuleType("fake_alphaedit_main")
+    host.P_loaded, host.calls, host.seen = True, [], []
+
+    def get_project(model, tok, layer, hparams):
+        host.calls.append(layer)
+        return torch.eye(3) * layer
+
+    def apply_fake(model, tok, requests, hparams, **kwargs):
+        host.seen.append((hparams.P_loc, host.P_loaded))
+        host.P_loaded = True
+        return model, {}
+
+    host.get_project = get_project
+    apply_fake.__module__ = host.__name__
+    monkeypatch.setitem(sys.modules, host.__name__, host)
+    model = torch.nn.Linear(2, 2)
+    hp = _hparams(P_loc=None, use_revive=False)
+    wrapped = adapter.wrap(apply_fake, "AlphaEdit")
+    wrapped(model, None, [{}], hp)
+    wrapped(model, None, [{}], hp)
+    path = Path(hp.P_loc)
+    assert path.is_file() and host.calls == [L1, L2]  # computed once, for the hparams' layers
+    assert host.seen == [(str(path), False), (str(path), True)]  # the host loads the new file, then keeps it
+    assert torch.equal(torch.load(path), torch.stack([torch.eye(3) * L1, torch.eye(3) * L2]))
+    other = _hparams(P_loc=None, use_revive=False)
+    wrapped(model, None, [{}], other)
+    assert other.P_loc != hp.P_loc and not Path(other.P_loc).samefile(path)  # never an earlier file
+
+    def apply_bare(model, tok, requests, hparams, **kwargs):
+        return model, {}
+
+    with pytest.raises(ValueError, match="P_loc is null"):
+        adapter.wrap(apply_bare, "AlphaEdit")(model, None, [{}], _hparams(P_loc=None, use_revive=False))
