@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 TAU = 0.1
 
 
-def _records(n: int) -> list[dict]:
-    from revive_plugin.data import facts
+def _records(n: int, data: str | None) -> list[dict]:
+    from revive_plugin.data import counterfact, facts
 
-    records = facts.load_facts()
+    records = counterfact.load_counterfact(data) if data else facts.load_facts()
     if len(records) < n:
         raise ValueError(f"the offline fact set has {len(records)} records, fewer than {n}")
     return records[:n]
@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hosts", default="easyedit,native")
     ap.add_argument("-n", type=int, default=50)
     ap.add_argument("-b", type=int, default=10)
+    ap.add_argument("--data", default=None, help="CounterFact-style JSON (default: the offline fact set, which "
+                    "needs the [demo] extra to be built the first time)")
     ap.add_argument("--work", default=None, help="folder for the exported model and statistics (default: temp)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
     ensure_stats(model, tok, [f"model.layers.{l}.mlp.down_proj" for l in layers], stats_dir,
                  n_samples=CPU_HPARAMS["mom2_n_samples"], max_tokens=CPU_HPARAMS["stats_max_tokens"], progress=False)
     del model
-    records = _records(args.n)
+    records = _records(args.n, args.data)
     rows = []
     for method in args.methods.split(","):
         for host in args.hosts.split(","):
