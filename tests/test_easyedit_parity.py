@@ -5,7 +5,8 @@ EasyEdit main's BaseEditor and the native editor; plain and REVIVE) in a subproc
 source checkout named by ``EASYEDIT_SRC`` (skipped otherwise; EasyEdit main needs transformers 5.x).
 Checks: REVIVE leaves no trace in the original dominant subspace (leakage ≤ 1e-5) while plain does;
 REVIVE's efficacy through EasyEdit is within 10 points (2 of 20 edits) of plain EasyEdit and of the native
-editor with REVIVE. The 50-edit numbers are in docs/easyedit.md. Several minutes on 2 CPU cores.
+editor with REVIVE. Measured numbers are in docs/easyedit.md. EasyEdit's per-request value optimisation
+dominates: ~10 minutes on 2 idle CPU cores, far more on a loaded machine.
 """
 
 from __future__ import annotations
