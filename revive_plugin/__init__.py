@@ -5,7 +5,8 @@ EasyEdit is imported only by ``revive_plugin.easyedit``.
 """
 
 from .cache import BasisCache, StaleCacheWarning, default_cache_dir, weight_fingerprint
-from .projection import DominantBasis, check_tau, dominant_rank, literal_algorithm1
+from .config import ReviveConfig, ReviveConfigError, check_tau
+from .projection import DominantBasis, dominant_rank, literal_algorithm1
 from .reviver import Reviver, get_parameter
 
 __version__ = "0.1.0"
@@ -13,6 +14,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BasisCache",
     "DominantBasis",
+    "ReviveConfig",
+    "ReviveConfigError",
     "Reviver",
     "StaleCacheWarning",
     "check_tau",

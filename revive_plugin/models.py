@@ -58,12 +58,24 @@ class BundledModel:
     name: str
     gguf: Callable[[], Path]
     description: str
+    #: the word EasyEdit main's BaseEditor looks for in ``model_name`` to pick a loader for this
+    #: architecture (None: EasyEdit has no loader for it; hand it a loaded ``(model, tok)`` instead)
+    easyedit_family: str | None = None
 
 
 BUNDLED: dict[str, BundledModel] = {
-    "smollm2-135m": BundledModel("smollm2-135m", _smollm2_gguf, "SmolLM2-135M-Instruct (Llama architecture, Apache-2.0)"),
+    "smollm2-135m": BundledModel("smollm2-135m", _smollm2_gguf, "SmolLM2-135M-Instruct (Llama architecture, Apache-2.0)",
+                                 easyedit_family="llama"),
     "gemma3-270m": BundledModel("gemma3-270m", _gemma3_gguf, "Gemma-3-270M base (Gemma terms of use)"),
 }
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``dtype=`` for transformers >= 4.56 (``torch_dtype`` is deprecated there), ``torch_dtype=`` before."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
 def bundled_model_dir(name: str = DEFAULT_MODEL, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -92,10 +104,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantise a GGUF file with transformers and save model + tokenizer as an HF folder in ``out``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **_dtype_kwarg(torch.float32))
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config = AutoConfig.for_model(**src.config.to_dict())
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, **_dtype_kwarg(torch.float32))
     model.load_state_dict(src.state_dict())
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
@@ -119,7 +131,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name_or_path, cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype or torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, **_dtype_kwarg(dtype or torch.float32))
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -131,6 +143,52 @@ def load_model(
     return model, tok
 
 
+def export_for_easyedit(name: str, directory: str | os.PathLike, family: str | None = None,
+                        cache_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Copy bundled model ``name`` (converted HF folder) to ``<directory>/<name>-<family>`` for EasyEdit.
+
+    EasyEdit main's ``BaseEditor`` picks its model loader by a family word in ``model_name`` (``llama``,
+    ``qwen``, ``gpt`` …) and names its covariance folder after the last part of ``model_name``; AlphaEdit
+    also picks matrix shapes by that word. Returns ``(model_dir, stats_dir)``: put them in the YAML as
+    ``model_name`` and ``stats_dir`` (``revive stats --model <model_dir> --stats-dir <stats_dir>`` writes
+    the statistics where EasyEdit reads them). An existing export is replaced atomically.
+    """
+    if name not in BUNDLED:
+        raise KeyError(f"unknown bundled model {name!r}; choose one of {sorted(BUNDLED)}")
+    native = BUNDLED[name].easyedit_family
+    family = family or native
+    if family is None or family != native:
+        raise ValueError(
+            f"{name}: EasyEdit main has no loader for it under the family word {family!r}"
+            + (f" (its architecture loads as {native!r})" if native else "")
+            + "; build the editor from a loaded pair instead: hparams.model_name = (model, tok)"
+        )
+    source = bundled_model_dir(name, cache_dir)
+    root = Path(directory).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{name}-{family}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    try:
+        for f in source.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target, root / "stats"
+
+
+def _export(args) -> int:
+    model_dir, stats_dir = export_for_easyedit(args.name, args.directory, args.family, args.cache_dir)
+    print(f"model_name: {model_dir}\nstats_dir: {stats_dir}")
+    print(f"# covariance statistics where EasyEdit reads them:\n"
+          f"# revive stats --method MEMIT --model {model_dir} --stats-dir {stats_dir} --hparams <your YAML>")
+    return 0
+
+
 def add_parser(subparsers) -> None:
     """``revive model prepare NAME``: convert a bundled model once and print its folder."""
     p = subparsers.add_parser("model", help="prepare the bundled models (offline GGUF -> HF folder)")
@@ -139,5 +197,12 @@ def add_parser(subparsers) -> None:
     prep.add_argument("name", nargs="?", default=DEFAULT_MODEL, choices=sorted(BUNDLED), help="bundled model name")
     prep.add_argument("--cache-dir", default=None, help="folder for converted models (default: the revive cache)")
     prep.set_defaults(func=lambda a: print(bundled_model_dir(a.name, a.cache_dir)) or 0)
+    exp = sub.add_parser("export", help="write a bundled model into DIR/<name>-<family> for EasyEdit's BaseEditor "
+                                        "and print the model_name/stats_dir YAML lines")
+    exp.add_argument("directory", help="folder to write into")
+    exp.add_argument("--name", default=DEFAULT_MODEL, choices=sorted(BUNDLED), help="bundled model name")
+    exp.add_argument("--family", default=None, help="EasyEdit family word (default: the model's, e.g. llama)")
+    exp.add_argument("--cache-dir", default=None, help="folder for converted models (default: the revive cache)")
+    exp.set_defaults(func=_export)
     lst = sub.add_parser("list", help="list the bundled models")
     lst.set_defaults(func=lambda a: [print(f"{m.name}: {m.description}") for m in BUNDLED.values()] and 0)

@@ -17,18 +17,9 @@ from typing import Sequence
 
 import torch
 
+from .config import check_tau
+
 _COMPUTE_DTYPES = (torch.float32, torch.float64)
-
-
-def check_tau(tau: float) -> float:
-    """Return τ as a float, or raise if it is not strictly inside (0, 1) (Eq. 5)."""
-    try:
-        value = float(tau)
-    except (TypeError, ValueError):
-        raise ValueError(f"revive_tau must be a number strictly between 0 and 1, got {tau!r}") from None
-    if not (0.0 < value < 1.0) or math.isnan(value):
-        raise ValueError(f"revive_tau must be strictly between 0 and 1, got {tau!r}")
-    return value
 
 
 def dominant_rank(singular_values: torch.Tensor | Sequence[float], tau: float) -> int:

@@ -1,6 +1,6 @@
 """``revive bench --host easyedit``: the harness's rounds through EasyEdit's BaseEditor.
 
-* Unit tests (no EasyEdit needed): the translation of the project's hparams into a host hparams class
+* Unit tests (an importable ``easyeditor``; none of its methods runs): the translation of the project's hparams into a host hparams class
   (a fake dataclass standing in for ``easyeditor.MEMITHyperParams``) and of CounterFact records into
   EasyEdit requests.
 * End to end (needs an EasyEdit main source checkout named by ``EASYEDIT_SRC``; skipped otherwise): a tiny
@@ -34,7 +34,22 @@ LAYERS = [6, 7]
 PARAMS = [f"model.layers.{l}.mlp.down_proj.weight" for l in LAYERS]
 
 
-# ---------------------------------------------------------------------------- unit tests (no EasyEdit)
+# ---------------------------------------------------------------------------- unit tests (no EasyEdit method runs)
+def _sequential():
+    """revive_plugin.easyedit.sequential (its package import enables the plugin, so easyeditor must import)."""
+    sys.path.insert(0, str(TESTS))
+    try:
+        import easyedit_stubs  # test-only stubs of torchvision/timm
+
+        easyedit_stubs.install()
+        import revive_plugin.easyedit.sequential as sequential
+    except ImportError as e:
+        pytest.skip(f"easyeditor is not importable ({e}); CI installs easyeditor==0.0.1.dev0")
+    finally:
+        sys.path.remove(str(TESTS))
+    return sequential
+
+
 @dataclasses.dataclass
 class FakeHostMEMITHyperParams:
     """Stands in for EasyEdit main's MEMITHyperParams: required fields, a few defaults, nothing else."""
@@ -79,7 +94,7 @@ def _project_hparams(**over):
 
 
 def test_hparams_translation_keeps_declared_fields_only():
-    from revive_plugin.bench.easyedit_host import easyedit_hparams
+    easyedit_hparams = _sequential().easyedit_hparams
 
     hp, dropped = easyedit_hparams(FakeHostMEMITHyperParams, _project_hparams(), _FakeModel())
     assert isinstance(hp, FakeHostMEMITHyperParams)
@@ -94,7 +109,7 @@ def test_hparams_translation_keeps_declared_fields_only():
 
 
 def test_hparams_translation_fills_templates_and_loss_layer():
-    from revive_plugin.bench.easyedit_host import easyedit_hparams
+    easyedit_hparams = _sequential().easyedit_hparams
 
     hp, _ = easyedit_hparams(FakeHostMEMITHyperParams,
                              _project_hparams(rewrite_module_tmp=None, v_loss_layer=-1, use_revive=False),
@@ -105,7 +120,7 @@ def test_hparams_translation_fills_templates_and_loss_layer():
 
 
 def test_hparams_translation_names_missing_required_fields():
-    from revive_plugin.bench.easyedit_host import easyedit_hparams
+    easyedit_hparams = _sequential().easyedit_hparams
     from revive_plugin.editing import load_hparams
 
     with pytest.raises(ValueError, match=r"FakeHostNeedsMore requires fields") as info:
@@ -123,7 +138,7 @@ def test_hparams_translation_names_missing_required_fields():
 
 
 def test_records_become_easyedit_requests():
-    from revive_plugin.bench.easyedit_host import to_easyedit_request
+    to_easyedit_request = _sequential().to_easyedit_request
 
     rec = {"case_id": 7, "requested_rewrite": {"prompt": "{} is located in the country of", "subject": "Lyon",
                                                "target_new": {"str": "Peru"}, "target_true": {"str": "France"}}}

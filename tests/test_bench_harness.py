@@ -286,8 +286,8 @@ def test_drift_alarm_unit():
 
 @pytest.mark.parametrize("kw, match", [
     (dict(methods=["MEMITT"]), "unknown method 'MEMITT'"),
-    (dict(taus=[1.5]), "tau must be in"),
-    (dict(taus=[0.0]), "tau must be in"),
+    (dict(taus=[1.5]), "revive_tau' must be strictly between"),
+    (dict(taus=[0.0]), "revive_tau' must be strictly between"),
     (dict(n_edits=4, batch_size=8), "batch_size B=8 is larger than the number of edits N=4"),
     (dict(n_edits=100), "exceeds the 40 records"),
     (dict(alarm_action="explode"), "alarm_action"),

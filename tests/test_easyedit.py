@@ -371,3 +371,34 @@ def test_paper_model_yamls_load(ee, method):
         host_cls = getattr(easyeditor, f"{method}HyperParams")  # EasyEdit's own, or ours registered by enable()
         hh = host_cls.from_hparams(str(REPO / "revive_plugin" / "hparams" / method / model))
         assert (hh.rewrite_module_tmp, hh.layers, hh.use_revive, hh.revive_tau) == (tmp, layers, True, TAU)
+
+
+# Fields of EasyEdit main's (14cea82) hparams classes for the host methods this project ships YAMLs for:
+# its from_hparams calls cls(**yaml), so any other key is a TypeError there (REVIVE's two keys are taught
+# to every host class by the plugin).
+HOST_MAIN_FIELDS = {
+    "MEMIT": {"layers", "layer_selection", "fact_token", "v_num_grad_steps", "v_lr", "v_loss_layer",
+              "v_weight_decay", "clamp_norm_factor", "kl_factor", "mom2_adjustment", "mom2_update_weight",
+              "rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp", "ln_f_module",
+              "lm_head_module", "mom2_dataset", "mom2_n_samples", "mom2_dtype", "alg_name", "device",
+              "model_name", "stats_dir", "max_length", "batch_size", "model_parallel"},
+}
+HOST_MAIN_FIELDS["AlphaEdit"] = HOST_MAIN_FIELDS["MEMIT"] | {"nullspace_threshold", "L2", "P_loc"}
+
+
+@pytest.mark.parametrize("method", sorted(HOST_MAIN_FIELDS))
+def test_host_method_yamls_carry_only_host_keys_and_load(ee, method):
+    """Every hparams/<host method>/*.yaml: no key EasyEdit main's class rejects; loads in the importable host."""
+    import easyeditor
+
+    host_cls = getattr(easyeditor, f"{method}HyperParams")  # the host's own, or ours registered by enable()
+    files = sorted((REPO / "hparams" / method).glob("*.yaml"))
+    assert files
+    for path in files:
+        keys = set(yaml.safe_load(path.read_text()))
+        extra = keys - HOST_MAIN_FIELDS[method] - {"use_revive", "revive_tau"}
+        assert not extra, f"{path.name}: keys EasyEdit main's {method}HyperParams rejects: {sorted(extra)}"
+        hp = host_cls.from_hparams(str(path))
+        assert hp.use_revive is True and hp.alg_name == method
+    if method == "AlphaEdit":
+        assert all(yaml.safe_load(p.read_text())["P_loc"] is None for p in files)  # never an earlier run's pickle

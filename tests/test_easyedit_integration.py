@@ -3,8 +3,8 @@
 Needs an EasyEdit source checkout named by ``EASYEDIT_SRC`` (skipped otherwise). The run happens in a
 subprocess (this file run as a script) so that the checkout, not an installed wheel, is ``easyeditor``.
 Set-up, all offline, CPU: the bundled SmolLM2-135M (a Llama-architecture model; EasyEdit picks its model
-class from a substring of ``model_name``, so the converted folder is reached through a symlink whose name
-contains "llama"), covariance statistics written by revive_plugin.editing.covariance in EasyEdit's layout
+class from a substring of ``model_name``, so it is handed over as users do it, by ``revive model export``
+into a folder whose name contains "llama"), covariance statistics written by revive_plugin.editing.covariance in EasyEdit's layout
 (so EasyEdit never downloads Wikipedia), and the test-only torchvision/timm stubs of tests/easyedit_stubs.
 
 For ROME, MEMIT, EMMET and AlphaEdit, sequential and not, every ΔW that EasyEdit's apply function leaves
@@ -57,7 +57,7 @@ def test_easyedit_main_end_to_end():
 
 
 # ---------------------------------------------------------------------------- the script
-def _hparams_yaml(method: str, path: Path, model_dir: str, stats_dir: str, revive: bool, p_loc: str) -> str:
+def _hparams_yaml(method: str, path: Path, model_dir: str, stats_dir: str, revive: bool, p_loc: str | None) -> str:
     base = dict(
         alg_name=method, model_name=model_dir, stats_dir=stats_dir, device="cpu", layers=LAYERS[method],
         fact_token="subject_last", v_num_grad_steps=4, v_lr=0.5, v_loss_layer=29, v_weight_decay=0.001,
@@ -100,18 +100,15 @@ def _main(src: str) -> int:
     assert Path(easyeditor.__file__).resolve().is_relative_to(Path(src).resolve()), easyeditor.__file__
     import revive_plugin.easyedit as ree
     from revive_plugin.editing.covariance import ensure_stats
-    from revive_plugin.models import bundled_model_dir
+    from revive_plugin.models import export_for_easyedit
     from revive_plugin.projection import DominantBasis
 
     logging.getLogger().setLevel(logging.WARNING)
     print("host:", ree.status())
     work = Path(tempfile.mkdtemp(prefix="revive-easyedit-"))
-    converted = bundled_model_dir("smollm2-135m")  # shared converted folder (REVIVE_MODEL_CACHE / default)
+    model_dir, stats_dir = export_for_easyedit("smollm2-135m", work, "llama")  # converted once, shared cache
     os.environ["REVIVE_CACHE_DIR"] = str(work / "cache")  # bases: computed fresh, from the original weights
     os.chdir(work)  # AlphaEdit writes null_space_project.pt into the working directory
-    model_dir = work / "smollm2-135m-llama"
-    model_dir.symlink_to(converted, target_is_directory=True)
-    stats_dir = work / "stats"
 
     alg = importlib.import_module("easyeditor.util.alg_dict").ALG_DICT
     observed: list[dict] = []
@@ -136,7 +133,7 @@ def _main(src: str) -> int:
             hp_cls = getattr(easyeditor, f"{method}HyperParams")
             yaml_path = work / f"{method}-{int(revive)}.yaml"
             hp = hp_cls.from_hparams(_hparams_yaml(method, yaml_path, str(model_dir), str(stats_dir), revive,
-                                                   str(work / "null_space_project.pt")))
+                                                   None))  # P_loc: null, as the project's YAMLs ship it
             assert bool(getattr(hp, "use_revive", False)) is revive
             wrapped = alg[method]
             alg[method] = spy(wrapped)
@@ -163,6 +160,11 @@ def _main(src: str) -> int:
             finally:
                 alg[method] = wrapped
             mode = "sequential" if sequential else "non-sequential"
+            if revive:
+                point = ree.last_report(model)["projection"]
+                print(f"{method:10s} {mode:14s} projection point: {point}")
+                if len(LAYERS[method]) > 1 and point != "per-layer":
+                    failures.append(f"{method} {mode}: projected {point}, not at each layer's write")
             for i, call in enumerate(observed):
                 worst_u = worst_v = max_norm = 0.0
                 for n, (before, after) in call.items():

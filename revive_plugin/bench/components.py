@@ -140,8 +140,13 @@ class ProjectComponents:
     def check(self, cfg: BenchConfig) -> None:
         """Fail early (before the run folder is touched) when the chosen host is unusable."""
         if cfg.host == "easyedit":
-            from .easyedit_host import require_easyedit
-            require_easyedit()
+            try:
+                import revive_plugin.easyedit.sequential  # noqa: F401  (enables the plugin: imports easyeditor)
+            except Exception as exc:  # EasyEdit's import pulls many optional packages
+                raise ValueError(
+                    f"--host easyedit needs EasyEdit importable, but 'import easyeditor' failed "
+                    f"({type(exc).__name__}: {exc}); install EasyEdit with its dependencies or use --host native"
+                ) from None
 
     def known_methods(self) -> list[str]:
         try:
@@ -198,7 +203,7 @@ class ProjectComponents:
     def make_editor(self, cfg: BenchConfig, method: str, model, tok, revive_tau=None):
         hp = self._hparams(cfg, method, revive_tau)
         if cfg.host == "easyedit":
-            from .easyedit_host import EasyEditSequentialEditor
+            from revive_plugin.easyedit.sequential import EasyEditSequentialEditor
             return EasyEditSequentialEditor(method, model, tok, hp)
         from revive_plugin.editing import make_editor
         return make_editor(method, model, tok, hp)

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import check_tau
+
 ALL_METHODS = ("MEMIT", "AlphaEdit", "RECT", "PRUNE", "NSE", "DeltaEdit")
 HOSTS = ("native", "easyedit")
 GENERATION_MODES = ("none", "final", "checkpoints")
@@ -130,7 +132,7 @@ class BenchConfig:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
         if not self.taus:
             raise ValueError("taus: give at least one REVIVE energy threshold")
-        self.taus = [check_fraction(t, "tau") for t in self.taus]
+        self.taus = [check_tau(t) for t in self.taus]
         if len(set(self.taus)) != len(self.taus):
             raise ValueError(f"taus: duplicate values in {self.taus}")
         self.spectral_tau = check_fraction(self.spectral_tau, "spectral_tau")

@@ -6,7 +6,8 @@ Importing this module calls :func:`enable`, which
   and ``revive_tau`` (default 0.1, strictly between 0 and 1);
 * wraps every locate-then-edit entry of ``ALG_DICT`` (ROME, MEMIT, MEMIT-FE, PMET, R-ROME, EMMET, EAMET,
   AlphaEdit, SPHERE, CORE — those the host has) so that, with ``use_revive: true``, each edited weight's
-  change is projected off the dominant subspace of its ORIGINAL value (paper §3, Eq. 5-6);
+  change is projected off the dominant subspace of its ORIGINAL value (paper §3, Eq. 5-6) at the host's
+  write, before later layers are solved (:mod:`.watch`);
 * registers this project's methods (RECT, PRUNE, NSE, and MEMIT/AlphaEdit where the host lacks them).
 
 Import it before building the editor: ``BaseEditor`` looks its method up in ``ALG_DICT`` when it is built.
@@ -71,6 +72,9 @@ class EasyEditPlugin:
     def registered(self) -> list[str]:
         return [n for n, (orig, _) in self._entries.items() if orig is _ABSENT]
 
+    def projection_points(self) -> dict[str, str]:
+        return {n: wrapper.__revive_projection__ for n, (_, wrapper) in self._entries.items()}
+
     # ------------------------------------------------------------------ patching
     def _patch(self, host: Host) -> None:
         from ..editing import METHODS
@@ -130,7 +134,14 @@ def is_enabled() -> bool:
 
 
 def status() -> dict:
-    """Which host is patched and which ALG_DICT entries are wrapped / added."""
+    """Which host is patched, which ALG_DICT entries are wrapped / added, and where each one projects.
+
+    ``projection`` per method: ``"per-layer"`` (host methods: each layer's write is projected before the
+    next forward reads it, plus an after-call sweep for the writes no forward reads; see
+    :mod:`~revive_plugin.easyedit.watch`) or ``"native"`` (this project's methods project each layer
+    themselves). ``last_report(model)["projection"]`` says which point actually acted in a call
+    (``"after-call"`` when the host function ran no forward after its writes, e.g. one-layer ROME).
+    """
     host = PLUGIN.host
     return {
         "enabled": host is not None,
@@ -138,6 +149,7 @@ def status() -> dict:
         "flavor": None if host is None else host.flavor,
         "wrapped": PLUGIN.wrapped(),
         "registered": PLUGIN.registered(),
+        "projection": PLUGIN.projection_points(),
     }
 
 

@@ -7,10 +7,16 @@ A wrapped call with ``hparams.use_revive`` off is the original call (one attribu
    ORIGINAL values: the first call for a model takes them from its current weights (or from the disk
    cache), later calls reuse them although W has moved (paper §3, Appendix C), and originals given
    with :meth:`ReviveAdapter.set_original_weights` take precedence;
-3. those parameters are snapshotted, the method runs unchanged, and each change is replaced by its
-   projection off the original dominant subspace, W ← W_before + P(W − W_before) (Eq. 6);
+3. those parameters are snapshotted (W_ref) and the method runs with a :class:`~.watch.WriteWatch`:
+   each host write of layer l is replaced by W_ref + P(W − W_ref) (Eq. 6) before any later forward
+   reads the layer, so later layers' keys and residuals (and AlphaEdit's accumulated keys) see the
+   projected update; after the call a final sweep projects whatever is left (the last write of
+   ``apply_*``, writes no forward read);
 4. the method's own return value, ``(model, weights_copy)``, is handed back, so EasyEdit's
    non-sequential restore still writes the pre-call weights back.
+
+This project's own methods (registered under names the host lacks) project each layer themselves with the
+same Reviver; the wrapper only hands it to them (one projection per write).
 
 Per-model state lives in a :class:`weakref.WeakKeyDictionary` inside the adapter: it dies with the model.
 """
@@ -20,6 +26,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
+import tempfile
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
@@ -30,8 +38,9 @@ import torch
 
 from ..cache import BasisCache
 from ..reviver import Reviver, get_parameter
-from .hparams_patch import DEFAULT_TAU, ReviveConfigError, check_revive_tau
+from ..config import ReviveConfig, ReviveConfigError, check_tau
 from .originals import OriginalWeights, is_reviver_dir
+from .watch import WriteWatch
 
 log = logging.getLogger("revive_plugin.easyedit")
 
@@ -81,6 +90,7 @@ class ReviveAdapter:
         self.set_cache(cache)
         self._records: "weakref.WeakKeyDictionary[torch.nn.Module, _ModelRecord]" = weakref.WeakKeyDictionary()
         self._plain_edited: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+        self._p_dir: Path | None = None  # this process's folder for null-space projectors (P_loc: null)
 
     # ------------------------------------------------------------------ configuration
     def set_cache(self, cache: BasisCache | str | os.PathLike | bool | None) -> None:
@@ -116,7 +126,7 @@ class ReviveAdapter:
             if len(rec.revivers) > 1:
                 raise ValueError(f"model has Revivers for several τ {sorted(rec.revivers)}; pass tau=")
             return next(iter(rec.revivers.values()))
-        return rec.revivers.get(check_revive_tau(tau))
+        return rec.revivers.get(check_tau(tau))
 
     def set_original_weights(self, model, source) -> None:
         """Give the model's ORIGINAL weights explicitly; bases are (re)taken from them on the next REVIVE edit.
@@ -183,45 +193,93 @@ class ReviveAdapter:
 
         ``native_method``: this project's methods (revive_plugin.editing), which project each layer's ΔW
         themselves; their sequential state is given the same Reviver, so both use one set of original bases.
+        A ``P_loc: null`` (AlphaEdit, SPHERE) becomes a fresh path of this process, with or without REVIVE.
         """
         adapter = self
 
         @functools.wraps(apply_fn)
         def apply_with_revive(model, tok, requests, hparams, *args, **kwargs):
-            if not getattr(hparams, "use_revive", False):
+            if native_method is None and hasattr(hparams, "P_loc") and hparams.P_loc is None:
+                adapter.fill_p_loc(apply_fn, model, tok, hparams)
+            if not ReviveConfig.of(hparams).enabled:
                 adapter._plain_edited.add(model)
                 return apply_fn(model, tok, requests, hparams, *args, **kwargs)
             return adapter._revive_call(apply_fn, alg_name, native_method, model, tok, requests, hparams, args, kwargs)
 
         apply_with_revive.__revive_original__ = apply_fn
         apply_with_revive.__revive_alg_name__ = alg_name
+        apply_with_revive.__revive_projection__ = "native" if native_method is not None else "per-layer"
         return apply_with_revive
 
+    def fill_p_loc(self, apply_fn: Callable, model, tok, hparams) -> str:
+        """Give ``hparams.P_loc`` a fresh path of this process holding P computed now by the host.
+
+        EasyEdit main's AlphaEdit (and SPHERE) ``os.stat`` ``P_loc``; when the file is absent they
+        recompute P on every call and save it to ``./null_space_project.pt`` (not to ``P_loc``). Here P
+        is computed once per hparams object with the host's own ``get_project`` (from the covariance
+        statistics in ``stats_dir``), saved under a temporary folder of this process, and the host is made
+        to load that file on its next call (its module-global ``P_loaded`` is reset). Never a file from an
+        earlier run.
+        """
+        module = sys.modules.get(getattr(apply_fn, "__module__", ""))
+        get_project = getattr(module, "get_project", None)
+        if get_project is None or not hasattr(module, "P_loaded"):
+            raise ReviveConfigError(
+                f"P_loc is null but {getattr(apply_fn, '__module__', apply_fn)} has no get_project/P_loaded: "
+                "set P_loc in the YAML to a path for the null-space projector"
+            )
+        if self._p_dir is None:
+            self._p_dir = Path(tempfile.mkdtemp(prefix="revive-easyedit-P-"))
+        path = self._p_dir / f"null_space_project-{len(list(self._p_dir.iterdir()))}.pt"
+        P = torch.stack([get_project(model, tok, layer, hparams).cpu() for layer in hparams.layers])
+        torch.save(P, path)
+        module.P_loaded = False
+        hparams.P_loc = str(path)
+        log.info("P_loc was null: null-space projector computed for layers %s and saved to %s",
+                 list(hparams.layers), path)
+        return hparams.P_loc
+
     def _revive_call(self, apply_fn, alg_name, native_method, model, tok, requests, hparams, args, kwargs):
-        tau = check_revive_tau(getattr(hparams, "revive_tau", DEFAULT_TAU))
+        tau = ReviveConfig.of(hparams).tau
         names = edited_param_names(model, hparams)
-        params = {n: get_parameter(model, n) for n in names}
+        for n in names:
+            get_parameter(model, n)  # a clear KeyError before anything runs
         reviver = self._protected_reviver(model, tau, names, alg_name)
+        rec = self._record(model)
         if native_method is not None:
             self._share_with_native_state(model, native_method, reviver, kwargs)
-        before = {n: p.detach().clone() for n, p in params.items()}
-        out = apply_fn(model, tok, requests, hparams, *args, **kwargs)
+            out = apply_fn(model, tok, requests, hparams, *args, **kwargs)
+            rec.revived_names.update(names)
+            rec.last_report = {"alg_name": alg_name, "tau": tau, "projection": "native", "weights": {}}
+            return out
+        before = {n: get_parameter(model, n).detach().clone() for n in names}
+        copies = bool(kwargs.get("copy", args[0] if args else False))  # a deep copy would carry the hooks along
+        watch = None if copies else WriteWatch(model, reviver, before)
+        try:
+            out = apply_fn(model, tok, requests, hparams, *args, **kwargs)
+        finally:
+            if watch is not None:
+                watch.close()
         edited = out[0] if isinstance(out, tuple) and out and isinstance(out[0], torch.nn.Module) else model
         report = {}
         with torch.no_grad():
             for n in names:
                 raw = float((get_parameter(edited, n).detach() - before[n]).float().norm())
                 safe = reviver.apply_(edited, n, before[n])
-                report[n] = {"delta_norm": raw, "projected_norm": float(safe.float().norm())}
+                report[n] = {"delta_norm": raw, "projected_norm": float(safe.float().norm()),
+                             "hook_projections": 0 if watch is None else watch.projections[n]}
         del before
-        rec = self._record(model)
+        per_layer = any(r["hook_projections"] for r in report.values())
         rec.revived_names.update(names)
-        rec.last_report = {"alg_name": alg_name, "tau": tau, "weights": report}
+        rec.last_report = {"alg_name": alg_name, "tau": tau,
+                           "projection": "per-layer" if per_layer else "after-call", "weights": report}
         total = sum(r["delta_norm"] ** 2 for r in report.values()) ** 0.5
         kept = sum(r["projected_norm"] ** 2 for r in report.values()) ** 0.5
         log.info(
-            "REVIVE (%s, tau=%g): projected the change of %d weights off their original dominant subspace; "
-            "kept %.1f%% of ||dW||", alg_name, tau, len(names), 100.0 * kept / total if total > 0 else 100.0,
+            "REVIVE (%s, tau=%g): projected the change of %d weights off their original dominant subspace "
+            "(%s); kept %.1f%% of ||dW||", alg_name, tau, len(names),
+            "each layer at its write" if per_layer else "after the call",
+            100.0 * kept / total if total > 0 else 100.0,
         )
         return out
 

@@ -2,7 +2,7 @@
 
 EasyEdit's ``from_hparams(path)`` reads the YAML and calls ``cls(**config)``, so an unknown key raises
 ``TypeError``. Each class's own ``__init__`` is wrapped to take the two keys out, validate them and set
-them as attributes after the original ``__init__`` ran; ``from_hparams``/``from_json`` are wrapped only
+them as attributes after the original ``__init__`` ran (validated by :mod:`revive_plugin.config`); ``from_hparams``/``from_json`` are wrapped only
 to put the file name into a validation error. The base class gets class-level defaults
 (``use_revive = False``, ``revive_tau = 0.1``), so a YAML without the keys behaves exactly as before.
 :class:`ClassPatches` keeps every replaced attribute and puts the originals back on :meth:`restore`.
@@ -11,32 +11,12 @@ to put the file name into a validation error. The base class gets class-level de
 from __future__ import annotations
 
 import functools
-import math
-from numbers import Real
 
-DEFAULT_TAU = 0.1
+from ..config import DEFAULT_TAU, ReviveConfigError, check_enabled, check_tau
+
 KEYS = ("use_revive", "revive_tau")
 _ABSENT = object()
 _LOADERS = ("from_hparams", "from_json")
-
-
-class ReviveConfigError(ValueError):
-    """``use_revive`` / ``revive_tau`` has a bad value (the message names the file and the key)."""
-
-
-def check_use_revive(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ReviveConfigError(f"key 'use_revive' must be true or false, got {value!r}")
-
-
-def check_revive_tau(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ReviveConfigError(f"key 'revive_tau' must be a number strictly between 0 and 1, got {value!r}")
-    tau = float(value)
-    if math.isnan(tau) or not 0.0 < tau < 1.0:
-        raise ReviveConfigError(f"key 'revive_tau' must be strictly between 0 and 1, got {value!r}")
-    return tau
 
 
 def _wrap_init(init):
@@ -44,9 +24,9 @@ def _wrap_init(init):
     def __init__(self, *args, use_revive=_ABSENT, revive_tau=_ABSENT, **kwargs):
         flags = {}
         if use_revive is not _ABSENT:
-            flags["use_revive"] = check_use_revive(use_revive)
+            flags["use_revive"] = check_enabled(use_revive)
         if revive_tau is not _ABSENT:
-            flags["revive_tau"] = check_revive_tau(revive_tau)
+            flags["revive_tau"] = check_tau(revive_tau)
         init(self, *args, **kwargs)
         for key, value in flags.items():
             setattr(self, key, value)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import nethook
+from ..config import ReviveConfig
 from ..arch import arch_for, num_layers
 from . import core
 from .covariance import ensure_stats, load_stats
@@ -127,19 +128,20 @@ class Editor:
     def prepare(self) -> None:
         """Record originals / REVIVE bases on first use, then the method's own :meth:`setup`."""
         hp = self.hparams
-        if self.needs_originals or hp.use_revive:
+        revive = ReviveConfig.of(hp)
+        if self.needs_originals or revive.enabled:
             for l in self.layers:
                 key = f"orig/{self.param_name(l)}"
                 if self.state.get(key) is None:
                     self.state.set(key, self.weight(l).detach().clone())
-        if hp.use_revive:
+        if revive.enabled:
             from ..reviver import Reviver
 
             if self.state.reviver is None:
-                self.state.reviver = Reviver(tau=hp.revive_tau)
-            elif abs(self.state.reviver.tau - hp.revive_tau) > 1e-12:
+                self.state.reviver = Reviver(tau=revive.tau)
+            elif abs(self.state.reviver.tau - revive.tau) > 1e-12:
                 raise ValueError(
-                    f"revive_tau {hp.revive_tau} differs from the state's τ {self.state.reviver.tau}; "
+                    f"revive_tau {revive.tau} differs from the state's τ {self.state.reviver.tau}; "
                     "reset the state to change it"
                 )
             originals = {self.param_name(l): self.original(l) for l in self.layers}

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Optional
 
 import yaml
 
+from ..config import check_tau
+
 
 class HParamsError(ValueError):
     """A hyper-parameter file or value is invalid (names the file/key)."""
@@ -76,8 +78,10 @@ class EditHParams:
             raise HParamsError(f"{source}: key 'layers' must be a non-empty list of layer indices >= 0")
         if list(self.layers) != sorted(set(self.layers)):
             raise HParamsError(f"{source}: key 'layers' must be strictly increasing, got {self.layers}")
-        if not 0.0 < self.revive_tau < 1.0:
-            raise HParamsError(f"{source}: key 'revive_tau' must be in (0, 1), got {self.revive_tau}")
+        try:
+            self.revive_tau = check_tau(self.revive_tau)
+        except ValueError as e:
+            raise HParamsError(f"{source}: {e}") from None
         if self.fact_token not in ("subject_last", "subject_first", "last"):
             raise HParamsError(f"{source}: key 'fact_token' must be subject_last/subject_first/last")
         if self.mom2_dtype not in ("float32", "float64", "float16"):

@@ -1,4 +1,4 @@
-"""``--host easyedit``: the same rounds, run through EasyEdit's ``BaseEditor`` (sequential mode).
+"""A sequential editor on EasyEdit's ``BaseEditor``: what ``revive bench --host easyedit`` drives.
 
 :mod:`revive_plugin.easyedit` is enabled first (EasyEdit's hparams classes accept ``use_revive`` /
 ``revive_tau``, its locate-then-edit ``ALG_DICT`` entries project ΔW off the original dominant subspace,
@@ -25,10 +25,11 @@ import inspect
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ..config import ReviveConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +40,6 @@ WEIGHTS_ONLY_STATE = ("ROME", "MEMIT", "EMMET", "R-ROME")
 STATS_KEYS = ("stats_max_tokens", "stats_batch_tokens")
 #: Seed for the context templates EasyEdit samples once per process (see ``_warm_context_templates``).
 TEMPLATE_SEED = 0
-
-
-def require_easyedit():
-    """Import EasyEdit's BaseEditor or raise a ValueError that says why and what to do."""
-    try:
-        from easyeditor import BaseEditor
-    except Exception as exc:  # EasyEdit's import pulls many optional packages
-        raise ValueError(
-            f"--host easyedit needs EasyEdit importable, but 'import easyeditor' failed "
-            f"({type(exc).__name__}: {exc}); install EasyEdit with its dependencies or use --host native"
-        ) from None
-    return BaseEditor
 
 
 def to_easyedit_request(rec: dict) -> dict:
@@ -113,8 +102,10 @@ def easyedit_hparams(host_cls: type, project_hp, model):
     if not dataclasses.is_dataclass(host_cls):
         raise TypeError(f"{host_cls!r} is not a dataclass hparams class")
     values = project_hp.to_dict() if hasattr(project_hp, "to_dict") else dict(vars(project_hp))
-    revive = {"use_revive": bool(values.pop("use_revive", False)),
-              "revive_tau": float(values.pop("revive_tau", 0.1))}
+    cfg = ReviveConfig.of(project_hp)
+    values.pop("use_revive", None)
+    values.pop("revive_tau", None)
+    revive = {"use_revive": cfg.enabled, "revive_tau": cfg.tau}
     values["device"] = model_device(model)
     values["model_name"] = easyedit_model_name(model) or values.get("model_name")
     from revive_plugin.arch import arch_for, num_layers
@@ -157,10 +148,10 @@ class EasyEditSequentialEditor:
     """Editor protocol (edit / edited_params / save / load) on top of EasyEdit's BaseEditor."""
 
     def __init__(self, method: str, model, tok, hparams):
-        base_editor = require_easyedit()
         from revive_plugin import easyedit as bridge
 
         host = bridge.enable()
+        base_editor = host.package.BaseEditor
         self.method, self.model, self.tok = method, model, tok
         self.native = method in bridge.PLUGIN.registered()  # this project's method, registered in ALG_DICT
         self.dropped: list[str] = []
@@ -174,7 +165,7 @@ class EasyEditSequentialEditor:
                                  f"{hparams.alg_name}HyperParams for method {method}")
             if hparams.alg_name == "AlphaEdit":  # P is computed by this run (never a pickle from elsewhere)
                 hparams = copy.copy(hparams)
-                hparams.P_loc = str(Path(tempfile.mkdtemp(prefix="revive-alphaedit-")) / "null_space_project.pt")
+                hparams.P_loc = "(computed by this run)"  # filled in _prepare_alphaedit
             hp, self.dropped = easyedit_hparams(host_cls, hparams, model)
             unused = [k for k in self.dropped if k not in STATS_KEYS]
             if unused:
@@ -202,7 +193,7 @@ class EasyEditSequentialEditor:
         # The harness builds the editor on the ORIGINAL weights (also when resuming): REVIVE's bases come
         # from them, not from whatever the model holds at its first REVIVE edit.
         bridge.forget(model)
-        if getattr(hp, "use_revive", False):
+        if ReviveConfig.of(hp).enabled:
             bridge.set_original_weights(model, {n: model.get_parameter(n).detach().clone() for n in self._edited})
 
     # ------------------------------------------------------------------ host set-up
@@ -225,18 +216,18 @@ class EasyEditSequentialEditor:
                      batch_tokens=getattr(own, "stats_batch_tokens", 4096))
 
     def _prepare_alphaedit(self) -> None:
-        """EasyEdit main's AlphaEdit keeps its projector P in module globals and recomputes P on every call
-        unless ``P_loc`` exists (it saves P to ./null_space_project.pt, not to P_loc): compute P once, with
-        the host's own ``get_project``, into this run's fresh ``P_loc`` and make the host load it."""
-        hp, mod = self.hparams, self._host_module
+        """EasyEdit main's AlphaEdit keeps its projector P in module globals: compute P once for this run
+        (the plugin's ``P_loc: null`` handling, with the host's own ``get_project``) and make the host load it."""
+        hp = self.hparams
         if not any(s in str(hp.model_name).lower() for s in ("llama", "qwen", "gpt2-xl")):
             raise ValueError(
                 f"--host easyedit: EasyEdit main's AlphaEdit picks its matrix shapes from the model name and knows "
                 f"only names containing llama, qwen or gpt2-xl; got {hp.model_name!r} (load the model from a folder "
-                "so named, or use --host native)")
-        P = torch.stack([mod.get_project(self.model, self.tok, l, hp).cpu() for l in hp.layers])
-        torch.save(P, hp.P_loc)
-        mod.P_loaded = False  # load this P_loc (not a P another editor of this process loaded)
+                "so named, e.g. by `revive model export`, or use --host native)")
+        from revive_plugin import easyedit as bridge
+
+        hp.P_loc = None
+        bridge.PLUGIN.adapter.fill_p_loc(self._host_fn, self.model, self.tok, hp)
 
     def _warm_context_templates(self) -> None:
         """EasyEdit samples its context templates from the model at its first call in a process and keeps
