@@ -392,7 +392,7 @@ def test_host_method_yamls_carry_only_host_keys_and_load(ee, method):
     import easyeditor
 
     host_cls = getattr(easyeditor, f"{method}HyperParams")  # the host's own, or ours registered by enable()
-    files = sorted((REPO / "hparams" / method).glob("*.yaml"))
+    files = sorted((REPO / "revive_plugin" / "hparams" / method).glob("*.yaml"))
     assert files
     for path in files:
         keys = set(yaml.safe_load(path.read_text()))

@@ -17,23 +17,9 @@ from revive_plugin.editing.hparams import (
     AlphaEditHyperParams, NSEHyperParams, PRUNEHyperParams, RECTHyperParams,
 )
 from revive_plugin.editing.prune import restrained_bound
+from tiny_edits import LAYERS, NAMES, R1, R2, TEXTS, tiny_hparams
 
-TEXTS = [f"Sentence number {i} talks about {w} and the weather in {c}." for i, (w, c) in enumerate(
-    zip(["cats", "dogs", "trains", "music", "rivers", "stars"] * 5, ["Paris", "Oslo", "Lima", "Rome", "Cairo"] * 6))]
-R1 = [
-    {"prompt": "{} is located in", "subject": "Paris", "target_new": "Rome"},
-    {"prompt": "The capital of {} is", "subject": "Spain", "target_new": "Oslo"},
-]
-R2 = [{"prompt": "{} plays the sport of", "subject": "Lionel Messi", "target_new": "baseball"}]
-LAYERS = [1, 2]
-NAMES = [f"model.layers.{l}.mlp.down_proj.weight" for l in LAYERS]
-
-
-def _hp(cls, tmp_path, **kw):
-    base = dict(layers=LAYERS, stats_dir=str(tmp_path / "stats"), mom2_n_samples=len(TEXTS), stats_max_tokens=32,
-                v_num_grad_steps=4, mom2_update_weight=1.0, v_loss_layer=3)
-    base.update(kw)
-    return cls(**base)
+_hp = tiny_hparams
 
 
 def _editor(method, model, tok, hp, state=None):
