@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -167,17 +168,10 @@ def export_for_easyedit(name: str, directory: str | os.PathLike, family: str | N
     root = Path(directory).resolve()
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"{name}-{family}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
+    with atomic_dir(target, "exported model folder") as tmp:
         for f in source.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target, root / "stats"
 
 

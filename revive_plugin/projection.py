@@ -11,7 +11,6 @@ the literal double loop of Algorithm 1 (Appendix D).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 

@@ -84,6 +84,8 @@ def _glue_rows(task: str, i: int) -> dict:
     a, b = f"the film number {i} was fine", f"a sentence about item {i}"
     if task in ("sst2", "cola"):
         return {"sentence": a, "label": i % 2}
+    if task == "sentiment_analysis":
+        return {"sentence": a, "label": str(i % 2)}
     if task in ("mrpc", "rte"):
         return {"sentence1": a, "sentence2": b, "label": i % 2}
     if task == "nli":
