@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from revive_plugin import BasisCache, DominantBasis, dominant_rank
+from revive_plugin import BasisCache, dominant_rank
 
 SHAPES = {"gpt2-xl c_proj": (6400, 1600), "llama3-8b down_proj": (4096, 14336)}
 

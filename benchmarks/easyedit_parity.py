@@ -116,7 +116,7 @@ def main(argv=None) -> int:
                       f"leakage {row['leakage']:.2e} ({row['seconds']:.0f} s)", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
-    print(f"\n| method | host | plain efficacy | REVIVE efficacy | plain leakage | REVIVE leakage |\n|---|---|---|---|---|---|")
+    print("\n| method | host | plain efficacy | REVIVE efficacy | plain leakage | REVIVE leakage |\n|---|---|---|---|---|---|")
     for method in args.methods.split(","):
         for host in args.hosts.split(","):
             p, r = [x for x in rows if x["method"] == method and x["host"] == host]

@@ -99,7 +99,7 @@ def test_new_update_is_orthogonal_to_earlier_updates_when_constrained(small_mode
     U = _earlier_subspace(model, tok, before - pristine, SINGLES[2], hp)  # ΔW in (out × in) storage
     assert U.shape[1] >= 1 and delta.norm() > 0
     assert (U.T @ delta.double()).norm() <= 1e-4 * delta.norm()
-    assert torch.allclose(ed.state.get(f"delta_D/model.layers.2.mlp.down_proj"), _w(model) - pristine, atol=1e-6)
+    assert torch.allclose(ed.state.get("delta_D/model.layers.2.mlp.down_proj"), _w(model) - pristine, atol=1e-6)
 
     with torch.no_grad():  # the same sequence unconstrained (var huge): the new ΔW does reach U
         dict(model.named_parameters())[NAME].copy_(pristine)
