@@ -45,7 +45,8 @@ def weight_fingerprint(weight: torch.Tensor) -> str:
     t = weight.detach().contiguous().cpu()
     h = hashlib.blake2b(digest_size=20)
     h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if t.numel():
+        h.update(memoryview(t.view(torch.uint8).numpy()))  # hashed in place, no copy of the values
     return h.hexdigest()
 
 

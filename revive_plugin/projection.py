@@ -49,7 +49,9 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _check_finite(t: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(t).all():
+    # A NaN/Inf anywhere makes the sum non-finite; the sum is a single read of t, no mask is built.
+    # Only when it is non-finite (or overflowed) is the exact elementwise test run.
+    if not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         raise ValueError(f"{what} contains NaN or Inf values")
 
 
@@ -118,9 +120,9 @@ class DominantBasis:
         """ΔW_safe = (I − U_k U_kᵀ) ΔW (I − V_k V_kᵀ) (Eq. 6), in ΔW's dtype and device."""
         self._check_delta(delta)
         U, V, dtype = self._factors(delta)
-        d = delta.detach().to(dtype)
-        d = d - U @ (U.T @ d)
-        d = d - (d @ V) @ V.T
+        d = delta.detach().to(dtype, copy=True)
+        d.addmm_(U, U.T @ d, alpha=-1)  # in place: no m×n temporaries beyond the one copy
+        d.addmm_(d @ V, V.T, alpha=-1)
         return d.to(delta.dtype)
 
     def leakage(self, delta: torch.Tensor) -> tuple[float, float]:

@@ -131,6 +131,15 @@ def test_non_finite_updates_are_rejected(bad):
         b.project(d)
 
 
+def test_finite_update_whose_sum_overflows_is_accepted_and_input_is_left_unchanged():
+    b = DominantBasis.from_weight(torch.randn(6, 5), 0.1)
+    d = torch.full((6, 5), 20000.0, dtype=torch.float16)  # finite, but the fp16 sum is inf
+    before = d.clone()
+    out = b.project(d)
+    assert torch.equal(d, before) and out.data_ptr() != d.data_ptr()
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
 def test_wrong_shape_is_rejected():
     b = DominantBasis.from_weight(torch.randn(6, 5), 0.1)
     with pytest.raises(ValueError, match="does not match"):
