@@ -171,6 +171,14 @@ def atomic_dir(target, what: str = "folder", hint: str = "") -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def default_cache_dir() -> Path:
+    """``$REVIVE_CACHE_DIR``, else ``$XDG_CACHE_HOME/revive-plugin``, else ``~/.cache/revive-plugin``."""
+    if os.environ.get("REVIVE_CACHE_DIR"):
+        return Path(os.environ["REVIVE_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "revive-plugin"
+
+
 def lock_timeout() -> float:
     """Seconds to wait for another process's lock: ``$REVIVE_LOCK_TIMEOUT``, default 24 h."""
     raw = os.environ.get("REVIVE_LOCK_TIMEOUT")

@@ -24,9 +24,6 @@ class ArchSpec:
     lm_head_module: str
     transposed: bool = False
 
-    def rewrite_param(self, layer: int) -> str:
-        """Name of the FFN output weight of ``layer``."""
-        return f"{self.rewrite_module_tmp.format(layer)}.weight"
 
 
 _GPT2 = ArchSpec(

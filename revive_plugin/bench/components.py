@@ -12,7 +12,7 @@ import torch
 
 from revive_plugin.cache import default_cache_dir
 
-from .config import ALL_METHODS, BenchConfig
+from .config import BenchConfig
 
 
 PROBE_POOL_FACTOR = 20
@@ -149,10 +149,8 @@ class ProjectComponents:
                 ) from None
 
     def known_methods(self) -> list[str]:
-        try:
-            from revive_plugin.editing import METHODS
-        except ImportError:
-            return list(ALL_METHODS)
+        from revive_plugin.editing import METHODS
+
         return list(METHODS)
 
     def load_records(self, cfg: BenchConfig) -> list[dict]:

