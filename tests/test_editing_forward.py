@@ -7,8 +7,9 @@ import contextlib
 import pytest
 import torch
 
+from revive_plugin._util import pad_id
 from revive_plugin.editing import core, forward
-from revive_plugin.editing.covariance import pad_batch, pad_id_of
+from revive_plugin.editing.covariance import pad_batch
 from revive_plugin.editing.hparams import MEMITHyperParams
 
 REQS = [
@@ -23,7 +24,7 @@ REQS = [
 def _batch(tok):
     reqs = [core.normalize_request(r) for r in REQS]
     b = core._value_batch(tok, reqs, "subject_last", core.context_templates(2))
-    ids, mask = pad_batch(b["seqs"], pad_id_of(tok), "cpu")
+    ids, mask = pad_batch(b["seqs"], pad_id(tok), "cpu")
     return b, ids, mask, torch.tensor(b["look_pos"]), torch.tensor(b["look_req"])
 
 

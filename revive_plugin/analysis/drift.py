@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from revive_plugin._util import key_matches
 from revive_plugin.analysis.targets import Target
 from revive_plugin.spectral import SpectralReference, check_fraction, spectral_details
 
@@ -50,9 +51,7 @@ def _safetensors_files(path: Path) -> list[Path]:
 
 
 def _match(key: str, names: Sequence[str]) -> str | None:
-    if key in names:
-        return key
-    hits = [n for n in names if n.endswith("." + key) or key.endswith("." + n)]
+    hits = key_matches(key, names)
     return hits[0] if len(hits) == 1 else None
 
 

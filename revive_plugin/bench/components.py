@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from revive_plugin._util import get_parameter
 from revive_plugin.cache import default_cache_dir
 
 from .config import BenchConfig
@@ -207,7 +208,6 @@ class ProjectComponents:
         return make_editor(method, model, tok, hp)
 
     def get_param(self, model, name: str) -> torch.nn.Parameter:
-        from revive_plugin.nethook import get_parameter
         return get_parameter(model, name)
 
     def evaluate_edits(self, cfg: BenchConfig, model, tok, records, generation: bool) -> dict:

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._io import CACHE_HINT, atomic_write_bytes, default_cache_dir, file_lock
+from .._io import CACHE_HINT, atomic_write_bytes, default_cache_dir, file_lock, package_dir
 from . import corpus
 from .counterfact import load_counterfact, validate_counterfact
 
@@ -178,10 +178,10 @@ def _versions() -> dict[str, str]:
 
 
 def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir(name)
+    if folder is None:
         raise FileNotFoundError(f"package {name!r} is not installed; it is needed to build the fact set")
-    return Path(list(spec.submodule_search_locations)[0])
+    return folder
 
 
 def _geonames(filename: str):

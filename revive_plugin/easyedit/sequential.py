@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .._util import model_device
 from ..config import ReviveConfig
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,6 @@ def to_easyedit_request(rec: dict) -> dict:
             "ground_truth": text(true, "ground_truth") if true is not None else "<|endoftext|>"}
 
 
-def model_device(model) -> str:
-    """The device of the model's parameters, as a string EasyEdit's ``normalize_device`` accepts."""
-    return str(next(model.parameters()).device)
-
-
 def easyedit_model_name(model) -> str:
     """``model.config._name_or_path``: EasyEdit names the stats folder after its last component."""
     return str(getattr(model.config, "_name_or_path", "") or "")
@@ -83,11 +79,13 @@ def easyedit_model_name(model) -> str:
 
 def _stats_model_dir(stats_dir, model) -> Path:
     """``<stats_dir>/<last component of _name_or_path>``: the folder EasyEdit main's ``layer_stats`` reads."""
-    name = easyedit_model_name(model).rsplit("/")[-1]
-    if not name:
+    name = easyedit_model_name(model)
+    if not name or name.endswith("/"):
         raise ValueError("--host easyedit: model.config._name_or_path is empty or ends in '/'; EasyEdit names "
                          "its covariance folder after it")
-    return Path(stats_dir) / name
+    from revive_plugin.editing.covariance import stats_model_dir
+
+    return Path(stats_dir) / stats_model_dir(name)
 
 
 def easyedit_hparams(host_cls: type, project_hp, model):
@@ -106,7 +104,7 @@ def easyedit_hparams(host_cls: type, project_hp, model):
     values.pop("use_revive", None)
     values.pop("revive_tau", None)
     revive = {"use_revive": cfg.enabled, "revive_tau": cfg.tau}
-    values["device"] = model_device(model)
+    values["device"] = str(model_device(model))  # a string, as EasyEdit's normalize_device wants
     values["model_name"] = easyedit_model_name(model) or values.get("model_name")
     from revive_plugin.arch import arch_for, num_layers
 
@@ -157,7 +155,7 @@ class EasyEditSequentialEditor:
         self.dropped: list[str] = []
         if self.native:
             hp = copy.copy(hparams)
-            hp.device = model_device(model)  # BaseEditor moves the model to hparams.device
+            hp.device = str(model_device(model))  # BaseEditor moves the model to hparams.device
         else:
             host_cls = getattr(host.package, f"{hparams.alg_name}HyperParams", None)
             if host_cls is None or not issubclass(host_cls, host.hparams_base):
@@ -290,6 +288,6 @@ class EasyEditSequentialEditor:
         if self.native:
             from revive_plugin.editing.state import EditState, attach_state
 
-            attach_state(self.model, EditState.load(d / "state", device=next(self.model.parameters()).device))
+            attach_state(self.model, EditState.load(d / "state", device=model_device(self.model)))
         self.rounds = int(info.get("rounds", 0))
         self._first_call = False

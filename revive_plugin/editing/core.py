@@ -23,8 +23,9 @@ from collections.abc import Sequence
 import torch
 
 from .. import nethook
+from .._util import model_device, pad_id
 from . import forward as forward_runners
-from .covariance import pad_batch, pad_id_of
+from .covariance import pad_batch
 
 #: Fixed context templates (``context_templates: fixed``): group 0 is the bare prompt, group 1 five short
 #: prefixes. Keys average each group, then the groups (MEMIT's weighting); every template is a rewriting
@@ -123,10 +124,6 @@ def flat_templates(templates=CONTEXT_TEMPLATES) -> list[tuple[int, str]]:
     return [(g, t) for g, group in enumerate(templates) for t in group]
 
 
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def compute_keys(model, tok, requests: Sequence[dict], rewrite_modules: Sequence[str],
                  fact_token: str = "subject_last", z_module: str | None = None,
@@ -139,7 +136,7 @@ def compute_keys(model, tok, requests: Sequence[dict], rewrite_modules: Sequence
         for g, t in flat:
             ids, p = encode_at_subject(tok, t.format(r["prompt"]), r["subject"], fact_token)
             seqs.append(ids), pos.append(p), owner.append(ri), group.append(g)
-    device = _model_device(model)
+    device = model_device(model)
     names = list(rewrite_modules) + ([z_module] if z_module else [])
     feats: dict[str, list[torch.Tensor]] = {n: [] for n in rewrite_modules}
     zs: list[torch.Tensor] = []
@@ -148,7 +145,7 @@ def compute_keys(model, tok, requests: Sequence[dict], rewrite_modules: Sequence
     try:
         for start in range(0, len(seqs), batch_size):
             chunk = seqs[start : start + batch_size]
-            ids, mask = pad_batch(chunk, pad_id_of(tok), device)
+            ids, mask = pad_batch(chunk, pad_id(tok), device)
             rows = torch.arange(len(chunk), device=device)
             p = torch.tensor(pos[start : start + batch_size], device=device)
             with nethook.Trace(model, names, inputs=True, outputs=z_module is not None, stop=True) as tr:
@@ -247,10 +244,10 @@ def compute_target_values(model, tok, requests: Sequence[dict], hparams, z_modul
 
 def _values_chunk(model, tok, requests, hp, z_module, templates, early_stop, mode="auto", bases=None,
                   stop_prob=None):
-    device = _model_device(model)
+    device = model_device(model)
     b = _value_batch(tok, requests, hp.fact_token, templates)
     n = len(requests)
-    ids, mask = pad_batch(b["seqs"], pad_id_of(tok), device)
+    ids, mask = pad_batch(b["seqs"], pad_id(tok), device)
     T = lambda key: torch.tensor(b[key], device=device)  # noqa: E731
     look_pos, look_req, init_row = T("look_pos"), T("look_req"), T("init_row")
     tgt_row, tgt_pos, tgt_tok, tgt_req = T("tgt_row"), T("tgt_pos"), T("tgt_tok"), T("tgt_req")
