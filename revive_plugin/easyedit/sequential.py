@@ -29,8 +29,10 @@ from pathlib import Path
 
 import torch
 
+from .._io import atomic_write_text
 from .._util import model_device
 from ..config import ReviveConfig
+from ..editing.core import rewrite_of
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,7 @@ def to_easyedit_request(rec: dict) -> dict:
     would otherwise replace the subject by ``{}`` themselves); ``target_new``/``ground_truth`` are plain
     strings (EasyEdit adds the leading space).
     """
-    rw = rec.get("requested_rewrite", rec)
-    if isinstance(rw, list):
-        rw = rw[0]
+    rw, true = rewrite_of(rec)
 
     def text(value, key):
         if isinstance(value, dict):
@@ -66,7 +66,6 @@ def to_easyedit_request(rec: dict) -> dict:
     if not isinstance(prompt, str) or not isinstance(subject, str) or ("{}" not in prompt and subject not in prompt):
         raise ValueError(f"edit record {rec.get('case_id', '?')}: needs a 'prompt' with '{{}}' or the subject, "
                          f"and a 'subject'; got {prompt!r}, {subject!r}")
-    true = rw.get("target_true", rw.get("ground_truth", rec.get("ground_truth")))
     return {"case_id": rec.get("case_id", rw.get("case_id")), "prompt": prompt, "subject": subject,
             "target_new": text(rw.get("target_new"), "target_new"),
             "ground_truth": text(true, "ground_truth") if true is not None else "<|endoftext|>"}
@@ -271,7 +270,7 @@ class EasyEditSequentialEditor:
             attached_state(self.model, self.method).save(d / "state")
         info = {"method": self.method, "alg_name": self.hparams.alg_name, "rounds": self.rounds,
                 "native": self.native}
-        (d / STATE_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        atomic_write_text(d / STATE_FILE, json.dumps(info, indent=2), what="edit state")
 
     def load(self, directory) -> None:
         d = Path(directory)

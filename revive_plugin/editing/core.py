@@ -66,14 +66,21 @@ def _target_str(value, key: str, required: bool = True) -> str | None:
     return value if value.startswith(" ") else " " + value
 
 
+def rewrite_of(r: dict) -> tuple[dict, object]:
+    """The rewrite part of a CounterFact record or EasyEdit request (``requested_rewrite``, its first item
+    when a list, else the request itself) and its true target (``target_true``, else ``ground_truth``)."""
+    src = r.get("requested_rewrite", r)
+    if isinstance(src, list):
+        src = src[0]
+    return src, src.get("target_true", src.get("ground_truth", r.get("ground_truth")))
+
+
 def normalize_request(r: dict) -> dict:
     """Canonical request: ``{"prompt" (with "{}"), "subject", "target_new": {"str": " X"},
     "target_true": {"str": " Y"} or None, "case_id"}`` from CounterFact or EasyEdit form."""
     if not isinstance(r, dict):
         raise TypeError(f"request must be a dict, got {type(r).__name__}")
-    src = r.get("requested_rewrite", r)
-    if isinstance(src, list):
-        src = src[0]
+    src, true = rewrite_of(r)
     prompt, subject = src.get("prompt"), src.get("subject")
     if not isinstance(prompt, str) or not isinstance(subject, str) or not subject.strip():
         raise ValueError(f"request needs string 'prompt' and 'subject', got {prompt!r}, {subject!r}")
@@ -81,7 +88,6 @@ def normalize_request(r: dict) -> dict:
         if subject not in prompt:
             raise ValueError(f"subject {subject!r} does not occur in prompt {prompt!r}")
         prompt = prompt.replace(subject, "{}", 1)
-    true = src.get("target_true", src.get("ground_truth", r.get("ground_truth")))
     true_str = _target_str(true, "target_true", required=False) if true not in (None, "", "<|endoftext|>") else None
     return {
         "prompt": prompt,
