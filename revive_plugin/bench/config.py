@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import check_tau
+from ..editing import METHODS
 
-ALL_METHODS = ("MEMIT", "AlphaEdit", "RECT", "PRUNE", "NSE", "DeltaEdit")
+ALL_METHODS = tuple(METHODS)  #: every registered editing method, in registry order
 HOSTS = ("native", "easyedit")
 GENERATION_MODES = ("none", "final", "checkpoints")
 ALARM_ACTIONS = ("warn", "stop")

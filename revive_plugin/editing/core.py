@@ -327,12 +327,14 @@ def spread_residual(z: torch.Tensor, cur_z: torch.Tensor, layer_index: int, n_la
 
 def memit_solve(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float,
                 extra: torch.Tensor | None = None) -> torch.Tensor:
-    """ΔW (out × in, float64) = R Kᵀ (λC + [extra] + KKᵀ)⁻¹ with K = keysᵀ (in × n), R = residᵀ (out × n)."""
+    """ΔW (out × in, float64) = R Kᵀ (λC + [extra] + KKᵀ)⁻¹ with K = keysᵀ (in × n), R = residᵀ (out × n);
+    ``extra``: NSE's Σ k kᵀ of the keys edited in earlier rounds."""
     K = keys.T.double()
     R = resid.T.double()
-    A = lam * cov.to(K.device, torch.float64) + K @ K.T
+    A = lam * cov.to(K.device, torch.float64)
     if extra is not None:
         A = A + extra.to(K.device, torch.float64)
+    A = A + K @ K.T
     X = torch.linalg.solve(A, K)  # A⁻¹ K, in × n (A symmetric)
     return R @ X.T
 

@@ -125,6 +125,30 @@ class Editor:
             raise RuntimeError(f"original weight of {self.param_name(layer)} was not recorded")
         return t
 
+    # ------------------------------------------------------------ edited keys
+    def init_edited_keys(self, layer: int) -> None:
+        """An empty ``cache_c`` (Σ k kᵀ of the keys already edited, AlphaEdit's K_pK_pᵀ) for ``layer``,
+        unless restored."""
+        key = f"cache_c/{self.module_name(layer)}"
+        if self.state.get(key) is None:
+            d = self.covariance(layer).shape[0]
+            self.state.set(key, torch.zeros(d, d, device=self.weight(layer).device))
+
+    def edited_keys(self, layer: int) -> torch.Tensor:
+        """Σ k kᵀ of the keys edited so far at ``layer`` (see :meth:`init_edited_keys`)."""
+        return self.state.get(f"cache_c/{self.module_name(layer)}")
+
+    @torch.no_grad()
+    def accumulate_edited_keys(self, requests) -> None:
+        """``cache_c += K Kᵀ`` per edited layer: the keys of this round join the preserved set."""
+        names = [self.module_name(l) for l in self.layers]
+        keys, _ = core.compute_keys(self.model, self.tok, requests, names, self.hparams.fact_token,
+                                    templates=self.templates)
+        for name in names:
+            K = keys[name].T
+            key = f"cache_c/{name}"
+            self.state.set(key, self.state.get(key).to(K.device) + K @ K.T)
+
     def prepare(self) -> None:
         """Record originals / REVIVE bases on first use, then the method's own :meth:`setup`."""
         hp = self.hparams
