@@ -24,6 +24,7 @@ import torch
 
 from .. import nethook
 from .._util import model_device, pad_id
+from ..arch import arch_for
 from . import forward as forward_runners
 from .covariance import pad_batch
 
@@ -190,7 +191,8 @@ def compute_keys(model, tok, requests: Sequence[dict], rewrite_modules: Sequence
 
 def _lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    key = arch_for(model).logit_softcap_key
+    cap = getattr(model.config, key, None) if key else None
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits.float()
@@ -259,7 +261,7 @@ def _values_chunk(model, tok, requests, hp, z_module, templates, early_stop, mod
     tgt_row, tgt_pos, tgt_tok, tgt_req = T("tgt_row"), T("tgt_pos"), T("tgt_tok"), T("tgt_req")
     tgt_w = torch.tensor(b["tgt_w"], device=device, dtype=torch.float32)
     kl_row, kl_pos = T("kl_row"), T("kl_pos")
-    hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
+    hidden = getattr(model.config, arch_for(model).hidden_size_key)
     delta = torch.zeros(n, hidden, device=device, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     kl_init: torch.Tensor | None = None
