@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import ALL_METHODS, PRESETS, BenchConfig, preset_config
+from ..editing import METHODS
+from .config import PRESETS, BenchConfig, preset_config
 
 _DESCRIPTION = """\
 Sequential-editing benchmark (REVIVE paper §4): apply N edits in rounds of B with each method,
@@ -42,7 +43,7 @@ def _taus(s: str) -> list[float]:
 
 
 def _methods(s: str) -> list[str]:
-    return list(ALL_METHODS) if s.strip().lower() == "all" else _csv(s)
+    return list(METHODS) if s.strip().lower() == "all" else _csv(s)
 
 
 def _kv(s: str):
@@ -76,7 +77,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="torch device for the model, e.g. cpu or cuda (default: auto)")
     g = p.add_argument_group("experiment")
     g.add_argument("--methods", type=_methods, default=None, metavar="M1,M2",
-                   help=f"editing methods, comma-separated, or 'all' = {','.join(ALL_METHODS)} {_d('methods')}")
+                   help=f"editing methods, comma-separated, or 'all' = {','.join(METHODS)} {_d('methods')}")
     g.add_argument("--model", default=None,
                    help="bundled name (smollm2-135m, gemma3-270m), local HF folder or hub id (default: smollm2-135m)")
     g.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
