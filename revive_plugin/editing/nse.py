@@ -16,7 +16,7 @@ import torch
 
 from . import core
 from .apply import apply_with
-from .engine import Editor, swapped_weights
+from .editor import Editor, swapped_weights
 from .hparams import NSEHyperParams
 
 

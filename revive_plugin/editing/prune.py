@@ -24,7 +24,7 @@ import math
 import torch
 
 from .apply import apply_with
-from .engine import Editor, swapped_weights
+from .editor import Editor, swapped_weights
 from .hparams import PRUNEHyperParams
 
 
