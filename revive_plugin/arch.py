@@ -40,7 +40,6 @@ class ArchSpec:
     logit_softcap_key: str | None = None
 
 
-
 _GPT2 = ArchSpec(
     name="gpt2",
     layer_module_tmp="transformer.h.{}",
