@@ -16,6 +16,9 @@ from .apply import apply_with
 from .editor import Editor
 from .hparams import AlphaEditHyperParams
 
+#: edit-state kind (see :meth:`~.state.EditState.of`): the null-space projector P of a rewrite module
+PROJECTOR = "P"
+
 
 def nullspace_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
     """P onto the span of C's eigenvectors with eigenvalue < ``threshold`` (float32)."""
@@ -31,12 +34,12 @@ class AlphaEditEditor(Editor):
     def setup(self) -> None:
         for l in self.layers:
             name = self.module_name(l)
-            if self.state.get(f"P/{name}") is None:
-                self.state.set(f"P/{name}", nullspace_projector(self.covariance(l), self.hparams.nullspace_threshold))
+            if self.state.of(PROJECTOR, name) is None:
+                self.state.put(PROJECTOR, name, nullspace_projector(self.covariance(l), self.hparams.nullspace_threshold))
             self.init_edited_keys(l)
 
     def projector(self, layer: int) -> torch.Tensor:
-        return self.state.get(f"P/{self.module_name(layer)}").to(self.weight(layer).device)
+        return self.state.of(PROJECTOR, self.module_name(layer)).to(self.weight(layer).device)
 
     def solve(self, i, layer, keys, resid):
         P = self.projector(layer).double()
