@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import logging
 import os
 import re
@@ -169,6 +170,22 @@ def atomic_dir(target, what: str = "folder", hint: str = "") -> Iterator[Path]:
         raise err from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def default_cache_dir() -> Path:
+    """``$REVIVE_CACHE_DIR``, else ``$XDG_CACHE_HOME/revive-plugin``, else ``~/.cache/revive-plugin``."""
+    if os.environ.get("REVIVE_CACHE_DIR"):
+        return Path(os.environ["REVIVE_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "revive-plugin"
+
+
+def package_dir(name: str) -> Path | None:
+    """Folder of the installed package ``name`` (its data files sit below it), or None when not installed."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def lock_timeout() -> float:

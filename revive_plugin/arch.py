@@ -1,14 +1,20 @@
-"""Architecture table: where the FFN output matrix and its neighbours live, per ``config.model_type``.
+"""Architecture table: everything the project knows about a model family, per ``config.model_type``.
 
 Each :class:`ArchSpec` names the module templates that EasyEdit's hparams also use
 (``rewrite_module_tmp`` is the FFN output matrix W whose input is the key k of Eq. (1)-(2)
 in MEMIT's formulation). ``transposed`` is True where the weight is stored as (in, out)
 (GPT-2's ``Conv1D``), so an update ΔW computed as (out, in) must be transposed before writing.
+It also says where the decoder stack lives (``base_attr``), whether value optimisation may restart
+that stack after the z layer (``truncatable``: no absolute position embeddings; otherwise the slow full
+forward runs), the config key of the hidden size and of the final-logit soft-capping.
+
+Adding an architecture is one row of :data:`ARCH_TABLE` (plus its hparams YAMLs); every other module
+asks :func:`arch_for`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -23,10 +29,15 @@ class ArchSpec:
     ln_f_module: str
     lm_head_module: str
     transposed: bool = False
-
-    def rewrite_param(self, layer: int) -> str:
-        """Name of the FFN output weight of ``layer``."""
-        return f"{self.rewrite_module_tmp.format(layer)}.weight"
+    #: attribute of the causal-LM model holding the decoder stack (``model.model``, ``model.transformer``)
+    base_attr: str = "model"
+    #: the stack is ``<base_attr>.layers`` without absolute position embeddings, so value optimisation can
+    #: restart it after the z layer (truncated / prefix-cached forward) instead of the full forward
+    truncatable: bool = False
+    #: config key of the hidden size
+    hidden_size_key: str = "hidden_size"
+    #: config key of the final-logit soft-capping value (Gemma), or None where the family has none
+    logit_softcap_key: str | None = None
 
 
 _GPT2 = ArchSpec(
@@ -38,6 +49,8 @@ _GPT2 = ArchSpec(
     ln_f_module="transformer.ln_f",
     lm_head_module="transformer.wte",
     transposed=True,
+    base_attr="transformer",
+    hidden_size_key="n_embd",
 )
 _GPTJ = ArchSpec(
     name="gptj",
@@ -47,6 +60,8 @@ _GPTJ = ArchSpec(
     attn_module_tmp="transformer.h.{}.attn",
     ln_f_module="transformer.ln_f",
     lm_head_module="lm_head",
+    base_attr="transformer",
+    hidden_size_key="n_embd",
 )
 _DOWN_PROJ = ArchSpec(
     name="down_proj",
@@ -56,7 +71,9 @@ _DOWN_PROJ = ArchSpec(
     attn_module_tmp="model.layers.{}.self_attn",
     ln_f_module="model.norm",
     lm_head_module="lm_head",
+    truncatable=True,
 )
+_GEMMA = replace(_DOWN_PROJ, name="gemma", logit_softcap_key="final_logit_softcapping")
 
 ARCH_TABLE: dict[str, ArchSpec] = {
     "gpt2": _GPT2,
@@ -65,8 +82,8 @@ ARCH_TABLE: dict[str, ArchSpec] = {
     "mistral": _DOWN_PROJ,
     "qwen2": _DOWN_PROJ,
     "qwen3": _DOWN_PROJ,
-    "gemma2": _DOWN_PROJ,
-    "gemma3_text": _DOWN_PROJ,
+    "gemma2": _GEMMA,
+    "gemma3_text": _GEMMA,
 }
 
 

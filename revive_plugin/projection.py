@@ -55,6 +55,13 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what} contains NaN or Inf values")
 
 
+def project_out(delta: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """(I − U Uᵀ) ΔW (I − V Vᵀ) (Eq. 6) for orthonormal U (m×k) and V (n×k) of ΔW's dtype and device."""
+    d = delta.clone()
+    d.addmm_(U, U.T @ d, alpha=-1)  # in place on the one copy: no further m×n temporaries
+    return d.addmm_(d @ V, V.T, alpha=-1)
+
+
 @dataclass
 class DominantBasis:
     """Top-k singular vectors of an original weight W (shape m×n, as stored).
@@ -120,10 +127,7 @@ class DominantBasis:
         """ΔW_safe = (I − U_k U_kᵀ) ΔW (I − V_k V_kᵀ) (Eq. 6), in ΔW's dtype and device."""
         self._check_delta(delta)
         U, V, dtype = self._factors(delta)
-        d = delta.detach().to(dtype, copy=True)
-        d.addmm_(U, U.T @ d, alpha=-1)  # in place: no m×n temporaries beyond the one copy
-        d.addmm_(d @ V, V.T, alpha=-1)
-        return d.to(delta.dtype)
+        return project_out(delta.detach().to(dtype), U, V).to(delta.dtype)
 
     def leakage(self, delta: torch.Tensor) -> tuple[float, float]:
         """(‖U_kᵀ ΔW‖/‖ΔW‖, ‖ΔW V_k‖/‖ΔW‖): how much of ΔW touches the dominant subspace."""

@@ -16,18 +16,11 @@ import torch
 from torch import nn
 
 from ._io import atomic_save_safetensors, atomic_write_text
+from ._util import get_parameter
 from .cache import BasisCache, read_safetensors_metadata, weight_fingerprint
 from .projection import DominantBasis, check_tau
 
 STATE_VERSION = "1"
-
-
-def get_parameter(model: nn.Module, name: str) -> nn.Parameter:
-    """The parameter called ``name`` (``model.layers.4.mlp.down_proj.weight``), or a clear error."""
-    try:
-        return model.get_parameter(name)
-    except AttributeError:
-        raise KeyError(f"model has no parameter named {name!r}") from None
 
 
 class Reviver:

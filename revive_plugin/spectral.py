@@ -21,7 +21,7 @@ from typing import Sequence, Union
 
 import torch
 
-from revive_plugin.projection import dominant_rank
+from revive_plugin.projection import dominant_rank, project_out
 
 __all__ = [
     "SpectralReference",
@@ -367,9 +367,7 @@ def dominant_update_share(ref: "SpectralReference", Wt: torch.Tensor, k: int | N
     total = float(torch.linalg.matrix_norm(delta)) ** 2
     if total <= (1e-5 * ref.fro_norm) ** 2:  # below the reconstruction error of U S Vh: no update
         return 0.0
-    Uk, Vk = ref.U[:, :k], ref.Vh[:k].T
-    safe = delta - Uk @ (Uk.T @ delta)
-    safe = safe - (safe @ Vk) @ Vk.T
+    safe = project_out(delta, ref.U[:, :k], ref.Vh[:k].T)
     return max(0.0, 1.0 - float(torch.linalg.matrix_norm(safe)) ** 2 / total)
 
 

@@ -97,3 +97,26 @@ def test_tiny_mismatched_resume_is_refused(tmp_path, small_model, glue_dir):
     with pytest.raises(ValueError, match="another configuration"):
         run_bench(_cfg(tmp_path, glue_dir, taus=[0.2]), run, components=comps, resume=True, progress=False)
     assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def test_a_registered_toy_method_runs_through_the_bench(tmp_path, small_model, glue_dir, monkeypatch):
+    """Adding a method is a strategy, its hparams class, its YAMLs and one registry entry: nothing else."""
+    import shutil
+
+    from revive_plugin import editing
+    from revive_plugin.editing.hparams_files import packaged_hparams
+    from revive_plugin.editing.memit import MEMITEditor
+
+    class ToyEditor(MEMITEditor):
+        method = "ToyMEMIT"
+
+    spec = editing.MethodSpec("ToyMEMIT", editing.MEMITHyperParams, editing.apply_memit_to_model, ToyEditor)
+    monkeypatch.setitem(editing.METHODS, "ToyMEMIT", spec)
+    hp_dir = tmp_path / "hparams"
+    (hp_dir / "ToyMEMIT").mkdir(parents=True)
+    shutil.copy(packaged_hparams() / "MEMIT" / "smollm2-135m.yaml", hp_dir / "ToyMEMIT" / "smollm2-135m.yaml")
+    model, tok = small_model
+    cfg = _cfg(tmp_path, glue_dir, methods=["toymemit"], n_edits=2, hparams_dir=str(hp_dir))
+    res = run_bench(cfg, tmp_path / "run", components=TinyComponents(model, tok), progress=False)
+    assert res.status == "complete"
+    assert "| ToyMEMIT |" in (tmp_path / "run" / "table.md").read_text()

@@ -7,8 +7,9 @@ import contextlib
 import pytest
 import torch
 
+from revive_plugin._util import pad_id
 from revive_plugin.editing import core, forward
-from revive_plugin.editing.covariance import pad_batch, pad_id_of
+from revive_plugin.editing.covariance import pad_batch
 from revive_plugin.editing.hparams import MEMITHyperParams
 
 REQS = [
@@ -23,7 +24,7 @@ REQS = [
 def _batch(tok):
     reqs = [core.normalize_request(r) for r in REQS]
     b = core._value_batch(tok, reqs, "subject_last", core.context_templates(2))
-    ids, mask = pad_batch(b["seqs"], pad_id_of(tok), "cpu")
+    ids, mask = pad_batch(b["seqs"], pad_id(tok), "cpu")
     return b, ids, mask, torch.tensor(b["look_pos"]), torch.tensor(b["look_req"])
 
 
@@ -137,3 +138,17 @@ def test_converged_requests_leave_the_batch_others_follow_their_own_path(bundled
     z = core.compute_target_values(model, tok, reqs, hp, "model.layers.4", **kw)
     assert seen[1] == 3 * len(reqs) and min(seen[1:]) < 3 * len(reqs), seen
     assert float((z - alone).norm() / alone.norm()) < 1e-4
+
+
+def test_a_new_arch_table_row_takes_the_fast_forward(small_model, monkeypatch):
+    """Adding an architecture is one ARCH_TABLE row: a model of the new type restarts after z (no full forward)."""
+    from revive_plugin import arch
+
+    model, tok = small_model
+    _, ids, mask, look_pos, look_req = _batch(tok)
+    monkeypatch.setitem(arch.ARCH_TABLE, "tiny_new_family", arch.ARCH_TABLE["llama"])
+    monkeypatch.setattr(model.config, "model_type", "tiny_new_family")
+    assert forward.z_block_index(model, "model.layers.1") == 1
+    with contextlib.ExitStack() as stack:
+        run, _ = forward.make_runner(model, "model.layers.1", ids, mask, look_pos, look_req, stack)
+        assert not isinstance(run, forward.FullForward)

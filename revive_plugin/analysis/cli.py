@@ -9,6 +9,8 @@ import re
 import sys
 from pathlib import Path
 
+from .._io import atomic_save_safetensors, atomic_write_text
+
 DEFAULT_LAYERS = "4-8"
 
 
@@ -42,10 +44,7 @@ def _json_safe(obj):
 
 def write_json(path, obj) -> Path:
     """Write ``obj`` as indented JSON (NaN/Inf become null)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(obj), indent=2) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n", what="analysis result")
 
 
 def _slug(name: str) -> str:
@@ -262,11 +261,9 @@ def cmd_drift(args) -> int:
             print(plot_ss_max(result["reports"][name], out / f"ss_{side}_max_{_slug(name)}.png", side,
                               f"Per-vector max SS ({side}) of {name}", max_lines=args.max_panels))
     if args.save_matrices:
-        from safetensors.torch import save_file
-
         flat = {f"{name}|round{r}|{side}": m[side].contiguous()
                 for name, per_round in matrices.items() for r, m in per_round.items() for side in ("right", "left")}
-        save_file(flat, str(out / "ss_matrices.safetensors"))
+        atomic_save_safetensors(flat, out / "ss_matrices.safetensors", what="SS matrices")
     for name, rows in result["reports"].items():
         for row in rows:
             print(f"{name} round {row['round']}: LS={row['ls']:.4f} SS_right={row['ss_right_mean_max']:.4f} "

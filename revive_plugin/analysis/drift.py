@@ -18,7 +18,9 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from revive_plugin._util import key_matches
 from revive_plugin.analysis.targets import Target
+from revive_plugin.bench.state import PARAMS_FILE, PROGRESS_FILE
 from revive_plugin.spectral import SpectralReference, check_fraction, spectral_details
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -33,14 +35,14 @@ def _safetensors_files(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"edited weights not found: {path}")
-    progress = path / "progress.json"
+    progress = path / PROGRESS_FILE
     if progress.is_file():
         state_dir = json.loads(progress.read_text(encoding="utf-8")).get("state_dir")
         if not state_dir:
             raise ValueError(f"{progress} names no saved state yet")
         return _safetensors_files(path / state_dir)
-    if (path / "params.safetensors").is_file():
-        return [path / "params.safetensors"]
+    if (path / PARAMS_FILE).is_file():
+        return [path / PARAMS_FILE]
     files = sorted(path.glob("*.safetensors"))
     if not files:
         pickles = [p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES]
@@ -50,9 +52,7 @@ def _safetensors_files(path: Path) -> list[Path]:
 
 
 def _match(key: str, names: Sequence[str]) -> str | None:
-    if key in names:
-        return key
-    hits = [n for n in names if n.endswith("." + key) or key.endswith("." + n)]
+    hits = key_matches(key, names)
     return hits[0] if len(hits) == 1 else None
 
 
@@ -78,8 +78,8 @@ def load_edited_weights(path, names: Sequence[str]) -> dict[str, torch.Tensor]:
 def round_label(path, index: int) -> int:
     """Editing round parsed from ``round-NNNNN`` / ``round_10`` in the path, else ``index``."""
     hits = re.findall(r"round[-_]?(\d+)", str(path))
-    if not hits and Path(path).is_dir() and (Path(path) / "progress.json").is_file():
-        state = json.loads((Path(path) / "progress.json").read_text(encoding="utf-8")).get("state_dir") or ""
+    if not hits and Path(path).is_dir() and (Path(path) / PROGRESS_FILE).is_file():
+        state = json.loads((Path(path) / PROGRESS_FILE).read_text(encoding="utf-8")).get("state_dir") or ""
         hits = re.findall(r"round[-_]?(\d+)", state)
     return int(hits[-1]) if hits else index
 

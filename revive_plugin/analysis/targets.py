@@ -8,15 +8,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-_FALLBACK_TMP = {
-    "llama": "model.layers.{}.mlp.down_proj",
-    "mistral": "model.layers.{}.mlp.down_proj",
-    "qwen2": "model.layers.{}.mlp.down_proj",
-    "gemma3_text": "model.layers.{}.mlp.down_proj",
-    "gpt2": "transformer.h.{}.mlp.c_proj",
-    "gptj": "transformer.h.{}.mlp.fc_out",
-}
-_FALLBACK_TRANSPOSED = {"gpt2"}
+from ..arch import arch_for
 
 
 @dataclass(frozen=True)
@@ -37,20 +29,8 @@ class Target:
 
 
 def _rewrite_template(model, module_tmp: str | None) -> tuple[str, bool]:
-    try:
-        from revive_plugin.arch import arch_for
-    except ImportError:
-        arch_for = None
-    if arch_for is not None:
-        spec = arch_for(model)
-        return module_tmp or spec.rewrite_module_tmp, bool(getattr(spec, "transposed", False))
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    transposed = model_type in _FALLBACK_TRANSPOSED
-    if module_tmp:
-        return module_tmp, transposed
-    if model_type not in _FALLBACK_TMP:
-        raise ValueError(f"unknown model_type {model_type!r}: pass module_tmp (e.g. 'model.layers.{{}}.mlp.down_proj')")
-    return _FALLBACK_TMP[model_type], transposed
+    spec = arch_for(model)
+    return module_tmp or spec.rewrite_module_tmp, spec.transposed
 
 
 def storage_transposed(model) -> bool:

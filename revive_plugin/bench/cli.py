@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from .config import ALL_METHODS, PRESETS, BenchConfig, preset_config
+from ..editing import METHODS
+from .config import PRESETS, BenchConfig, preset_config
 
 _DESCRIPTION = """\
 Sequential-editing benchmark (REVIVE paper §4): apply N edits in rounds of B with each method,
@@ -41,7 +43,7 @@ def _taus(s: str) -> list[float]:
 
 
 def _methods(s: str) -> list[str]:
-    return list(ALL_METHODS) if s.strip().lower() == "all" else _csv(s)
+    return list(METHODS) if s.strip().lower() == "all" else _csv(s)
 
 
 def _kv(s: str):
@@ -75,7 +77,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="torch device for the model, e.g. cpu or cuda (default: auto)")
     g = p.add_argument_group("experiment")
     g.add_argument("--methods", type=_methods, default=None, metavar="M1,M2",
-                   help=f"editing methods, comma-separated, or 'all' = {','.join(ALL_METHODS)} {_d('methods')}")
+                   help=f"editing methods, comma-separated, or 'all' = {','.join(METHODS)} {_d('methods')}")
     g.add_argument("--model", default=None,
                    help="bundled name (smollm2-135m, gemma3-270m), local HF folder or hub id (default: smollm2-135m)")
     g.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
@@ -147,22 +149,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-_FLAG_TO_FIELD = {
-    "methods": "methods", "model": "model", "dtype": "dtype", "data": "data", "data_format": "data_format",
-    "zsre_target": "zsre_target", "generation_protocol": "generation_protocol",
-    "n_edits": "n_edits", "batch_size": "batch_size", "eval_every": "eval_every", "seed": "seed",
-    "tau": "taus", "plain": "plain", "host": "host", "hparams_dir": "hparams_dir",
-    "eval_max_edits": "eval_max_edits", "n_paraphrase": "n_paraphrase", "n_neighborhood": "n_neighborhood",
-    "eval_batch_size": "eval_batch_size", "generation": "generation", "n_generation": "n_generation",
-    "glue_dir": "glue_dir", "glue_tasks": "glue_tasks", "glue_n": "glue_n", "glue_shots": "glue_shots",
-    "ppl_texts": "ppl_texts", "probe_n": "probe_n", "repr_n": "repr_n", "spectral_tau": "spectral_tau", "alarm_ls": "alarm_ls",
-    "alarm_ss": "alarm_ss", "alarm_action": "alarm_action", "save_every": "save_every", "device": "device",
-    "quiet": "quiet",
-}
+#: BenchConfig fields set by a flag of another name (every other field's flag has the field's name)
+_FIELD_FLAGS = {"taus": "tau"}
+#: BenchConfig fields no flag sets through :func:`_given` (--preset picks the starting values)
+_NOT_GIVEN = ("preset",)
 
 
 def _given(args) -> dict:
-    out = {f: getattr(args, a) for a, f in _FLAG_TO_FIELD.items() if getattr(args, a, None) is not None}
+    """The BenchConfig fields given on the command line (flags left at None are not given)."""
+    out = {}
+    for f in dataclasses.fields(BenchConfig):
+        value = getattr(args, _FIELD_FLAGS.get(f.name, f.name), None)
+        if f.name not in _NOT_GIVEN and value is not None:
+            out[f.name] = value
     if getattr(args, "overrides", None):
         out["hparams_overrides"] = dict(args.overrides)
     return out

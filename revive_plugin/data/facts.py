@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._io import CACHE_HINT, atomic_write_bytes, file_lock
+from .._io import CACHE_HINT, atomic_write_bytes, default_cache_dir, file_lock, package_dir
 from . import corpus
 from .counterfact import load_counterfact, validate_counterfact
 
@@ -178,10 +178,10 @@ def _versions() -> dict[str, str]:
 
 
 def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir(name)
+    if folder is None:
         raise FileNotFoundError(f"package {name!r} is not installed; it is needed to build the fact set")
-    return Path(list(spec.submodule_search_locations)[0])
+    return folder
 
 
 def _geonames(filename: str):
@@ -393,19 +393,10 @@ def write_facts(path: str | os.PathLike, seed: int = 0) -> Path:
     return atomic_write_bytes(path, dumps_facts(records), what="fact set", hint=CACHE_HINT)
 
 
-def _cache_root() -> Path:
-    try:
-        from revive_plugin.cache import default_cache_dir
-    except ImportError:
-        env = os.environ.get("REVIVE_CACHE_DIR")
-        return Path(env) if env else Path.home() / ".cache" / "revive-plugin"
-    return Path(default_cache_dir())
-
-
 def default_facts_path(seed: int = 0) -> Path:
     """Cache path of the default fact set; the name changes with the sources' versions."""
     tag = hashlib.sha256(json.dumps(_versions(), sort_keys=True).encode()).hexdigest()[:10]
-    return _cache_root() / "data" / f"factset-v{FACTSET_VERSION}-seed{seed}-{tag}.json"
+    return default_cache_dir() / "data" / f"factset-v{FACTSET_VERSION}-seed{seed}-{tag}.json"
 
 
 def load_facts(path: str | os.PathLike | None = None, seed: int = 0) -> list[dict]:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
+from .._util import key_matches
+
 
 def _match(name: str, keys) -> str | None:
-    if name in keys:
-        return name
-    hits = [k for k in keys if name.endswith("." + k) or k.endswith("." + name)]
+    hits = key_matches(name, keys)
     if len(hits) > 1:
         raise ValueError(f"original weights: parameter {name!r} matches several keys {hits}")
     return hits[0] if hits else None

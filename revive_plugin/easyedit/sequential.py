@@ -29,7 +29,10 @@ from pathlib import Path
 
 import torch
 
+from .._io import atomic_write_text
+from .._util import model_device
 from ..config import ReviveConfig
+from ..editing.core import rewrite_of
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +52,7 @@ def to_easyedit_request(rec: dict) -> dict:
     would otherwise replace the subject by ``{}`` themselves); ``target_new``/``ground_truth`` are plain
     strings (EasyEdit adds the leading space).
     """
-    rw = rec.get("requested_rewrite", rec)
-    if isinstance(rw, list):
-        rw = rw[0]
+    rw, true = rewrite_of(rec)
 
     def text(value, key):
         if isinstance(value, dict):
@@ -65,15 +66,9 @@ def to_easyedit_request(rec: dict) -> dict:
     if not isinstance(prompt, str) or not isinstance(subject, str) or ("{}" not in prompt and subject not in prompt):
         raise ValueError(f"edit record {rec.get('case_id', '?')}: needs a 'prompt' with '{{}}' or the subject, "
                          f"and a 'subject'; got {prompt!r}, {subject!r}")
-    true = rw.get("target_true", rw.get("ground_truth", rec.get("ground_truth")))
     return {"case_id": rec.get("case_id", rw.get("case_id")), "prompt": prompt, "subject": subject,
             "target_new": text(rw.get("target_new"), "target_new"),
             "ground_truth": text(true, "ground_truth") if true is not None else "<|endoftext|>"}
-
-
-def model_device(model) -> str:
-    """The device of the model's parameters, as a string EasyEdit's ``normalize_device`` accepts."""
-    return str(next(model.parameters()).device)
 
 
 def easyedit_model_name(model) -> str:
@@ -83,11 +78,13 @@ def easyedit_model_name(model) -> str:
 
 def _stats_model_dir(stats_dir, model) -> Path:
     """``<stats_dir>/<last component of _name_or_path>``: the folder EasyEdit main's ``layer_stats`` reads."""
-    name = easyedit_model_name(model).rsplit("/")[-1]
-    if not name:
+    name = easyedit_model_name(model)
+    if not name or name.endswith("/"):
         raise ValueError("--host easyedit: model.config._name_or_path is empty or ends in '/'; EasyEdit names "
                          "its covariance folder after it")
-    return Path(stats_dir) / name
+    from revive_plugin.editing.covariance import stats_model_dir
+
+    return Path(stats_dir) / stats_model_dir(name)
 
 
 def easyedit_hparams(host_cls: type, project_hp, model):
@@ -106,7 +103,7 @@ def easyedit_hparams(host_cls: type, project_hp, model):
     values.pop("use_revive", None)
     values.pop("revive_tau", None)
     revive = {"use_revive": cfg.enabled, "revive_tau": cfg.tau}
-    values["device"] = model_device(model)
+    values["device"] = str(model_device(model))  # a string, as EasyEdit's normalize_device wants
     values["model_name"] = easyedit_model_name(model) or values.get("model_name")
     from revive_plugin.arch import arch_for, num_layers
 
@@ -157,7 +154,7 @@ class EasyEditSequentialEditor:
         self.dropped: list[str] = []
         if self.native:
             hp = copy.copy(hparams)
-            hp.device = model_device(model)  # BaseEditor moves the model to hparams.device
+            hp.device = str(model_device(model))  # BaseEditor moves the model to hparams.device
         else:
             host_cls = getattr(host.package, f"{hparams.alg_name}HyperParams", None)
             if host_cls is None or not issubclass(host_cls, host.hparams_base):
@@ -273,7 +270,7 @@ class EasyEditSequentialEditor:
             attached_state(self.model, self.method).save(d / "state")
         info = {"method": self.method, "alg_name": self.hparams.alg_name, "rounds": self.rounds,
                 "native": self.native}
-        (d / STATE_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        atomic_write_text(d / STATE_FILE, json.dumps(info, indent=2), what="edit state")
 
     def load(self, directory) -> None:
         d = Path(directory)
@@ -290,6 +287,6 @@ class EasyEditSequentialEditor:
         if self.native:
             from revive_plugin.editing.state import EditState, attach_state
 
-            attach_state(self.model, EditState.load(d / "state", device=next(self.model.parameters()).device))
+            attach_state(self.model, EditState.load(d / "state", device=model_device(self.model)))
         self.rounds = int(info.get("rounds", 0))
         self._first_call = False

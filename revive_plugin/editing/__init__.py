@@ -19,7 +19,7 @@ from typing import Callable
 
 from .alphaedit import AlphaEditEditor, apply_AlphaEdit_to_model, apply_alphaedit_to_model
 from .deltaedit import DeltaEditEditor, apply_deltaedit_to_model
-from .engine import Editor
+from .editor import Editor
 from .hparams import (
     AlphaEditHyperParams,
     DeltaEditHyperParams,

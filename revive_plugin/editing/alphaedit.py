@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from . import core
 from .apply import apply_with
-from .engine import Editor
+from .editor import Editor
 from .hparams import AlphaEditHyperParams
+
+#: edit-state kind (see :meth:`~.state.EditState.of`): the null-space projector P of a rewrite module
+PROJECTOR = "P"
 
 
 def nullspace_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -32,45 +34,25 @@ class AlphaEditEditor(Editor):
     def setup(self) -> None:
         for l in self.layers:
             name = self.module_name(l)
-            if self.state.get(f"P/{name}") is None:
-                self.state.set(f"P/{name}", nullspace_projector(self.covariance(l), self.hparams.nullspace_threshold))
-            init_edited_keys(self, l)
+            if self.state.of(PROJECTOR, name) is None:
+                self.state.put(PROJECTOR, name, nullspace_projector(self.covariance(l), self.hparams.nullspace_threshold))
+            self.init_edited_keys(l)
 
     def projector(self, layer: int) -> torch.Tensor:
-        return self.state.get(f"P/{self.module_name(layer)}").to(self.weight(layer).device)
+        return self.state.of(PROJECTOR, self.module_name(layer)).to(self.weight(layer).device)
 
     def solve(self, i, layer, keys, resid):
         P = self.projector(layer).double()
         K = keys.T.double()
         R = resid.T.double()
-        cache = self.state.get(f"cache_c/{self.module_name(layer)}").to(K.device).double()
+        cache = self.edited_keys(layer).to(K.device).double()
         A = P @ (K @ K.T + cache) + self.hparams.L2 * torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
         X = torch.linalg.solve(A, P @ K @ R.T)
         return X.T
 
     @torch.no_grad()
     def after_round(self, requests):
-        accumulate_edited_keys(self, requests)
-
-
-def init_edited_keys(editor: Editor, layer: int) -> None:
-    """An empty ``cache_c`` (Σ k kᵀ of keys already edited) for ``layer``, unless restored."""
-    key = f"cache_c/{editor.module_name(layer)}"
-    if editor.state.get(key) is None:
-        d = editor.covariance(layer).shape[0]
-        editor.state.set(key, torch.zeros(d, d, device=editor.weight(layer).device))
-
-
-@torch.no_grad()
-def accumulate_edited_keys(editor: Editor, requests) -> None:
-    """``cache_c += K Kᵀ`` per edited layer: the keys of this round join the preserved set."""
-    names = [editor.module_name(l) for l in editor.layers]
-    keys, _ = core.compute_keys(editor.model, editor.tok, requests, names, editor.hparams.fact_token,
-                                templates=editor.templates)
-    for name in names:
-        K = keys[name].T
-        key = f"cache_c/{name}"
-        editor.state.set(key, editor.state.get(key).to(K.device) + K @ K.T)
+        self.accumulate_edited_keys(requests)
 
 
 def apply_AlphaEdit_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=True, **kwargs):

@@ -1,4 +1,4 @@
-"""EasyEdit's ``apply_<method>_to_model`` contract on top of :class:`~.engine.Editor`."""
+"""EasyEdit's ``apply_<method>_to_model`` contract on top of :class:`~.editor.Editor`."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def run(args) -> int:
     from . import get_method, load_hparams
     from ..models import load_model
     from .covariance import ensure_stats, texts_from_file
-    from .engine import coerce_hparams
+    from .editor import coerce_hparams
 
     spec = get_method(args.method)
     hp = coerce_hparams(args.hparams, spec.hparams_cls) if args.hparams else load_hparams(spec.name, args.model)

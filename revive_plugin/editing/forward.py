@@ -22,17 +22,16 @@ import warnings
 import torch
 
 from .. import nethook
+from ..arch import arch_for
 
-#: Decoder stacks in ``base.layers`` without absolute position embeddings (restartable with ``inputs_embeds``).
-TRUNCATABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"}
 MODES = ("auto", "cached", "truncated", "full")
 
 
 def _base_attr(model) -> str:
-    for name in (model.base_model_prefix, "model", "transformer"):
-        if isinstance(getattr(model, name, None), torch.nn.Module):
-            return name
-    raise ValueError(f"cannot find the base model ({model.base_model_prefix!r}) of {type(model).__name__}")
+    name = arch_for(model).base_attr
+    if not isinstance(getattr(model, name, None), torch.nn.Module):
+        raise ValueError(f"cannot find the base model ({name!r}) of {type(model).__name__}")
+    return name
 
 
 def base_model(model):
@@ -42,7 +41,7 @@ def base_model(model):
 
 def z_block_index(model, z_module: str) -> int | None:
     """Index of block ``z_module`` in ``base.layers`` when the stack can restart after it, else None."""
-    if getattr(model.config, "model_type", None) not in TRUNCATABLE:
+    if not arch_for(model).truncatable:
         return None
     parent, _, idx = z_module.rpartition(".")
     if not idx.isdigit() or getattr(base_model(model), "layers", None) is None:

@@ -299,15 +299,6 @@ class DeltaEditHyperParams(EditHParams):
                 raise HParamsError(f"{source}: key {key!r} must be {rule}, got {getattr(self, key)!r}")
 
 
-HPARAMS_CLASSES = {
-    "MEMIT": MEMITHyperParams,
-    "AlphaEdit": AlphaEditHyperParams,
-    "RECT": RECTHyperParams,
-    "PRUNE": PRUNEHyperParams,
-    "NSE": NSEHyperParams,
-    "DeltaEdit": DeltaEditHyperParams,
-}
-
 __all__ = [
     "HParamsError",
     "EditHParams",
@@ -317,5 +308,4 @@ __all__ = [
     "PRUNEHyperParams",
     "NSEHyperParams",
     "DeltaEditHyperParams",
-    "HPARAMS_CLASSES",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .apply import apply_with
-from .engine import Editor
+from .editor import Editor
 from .hparams import MEMITHyperParams
 
 

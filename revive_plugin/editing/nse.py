@@ -15,9 +15,8 @@ from __future__ import annotations
 import torch
 
 from . import core
-from .alphaedit import accumulate_edited_keys, init_edited_keys
 from .apply import apply_with
-from .engine import Editor, swapped_weights
+from .editor import Editor, swapped_weights
 from .hparams import NSEHyperParams
 
 
@@ -39,7 +38,7 @@ class NSEEditor(Editor):
     def setup(self):
         super().setup()
         for l in self.layers:
-            init_edited_keys(self, l)
+            self.init_edited_keys(l)
 
     def values(self, requests):
         originals = {self.param_name(l): self.original(l) for l in self.layers}
@@ -65,14 +64,12 @@ class NSEEditor(Editor):
                 keys, cur_z = self.layer_inputs(reqs, layer)
                 sel = select_neurons(keys, hp.neuron_threshold)
                 resid = core.spread_residual(z_act, cur_z, i, n_layers)
-                K = keys.T.double()[sel]
-                R = resid.T.double()
+                keys_sel = keys.T.double()[sel].T  # n × |sel|, the selected neurons' keys
                 cov = self.covariance(layer).double()[sel][:, sel]
-                cache = self.state.get(f"cache_c/{self.module_name(layer)}").to(K.device).double()[sel][:, sel]
-                X = torch.linalg.solve(hp.mom2_update_weight * cov + cache + K @ K.T, K)
+                cache = self.edited_keys(layer).to(keys.device).double()[sel][:, sel]
                 w_oi = self.weight_out_in(layer)
-                delta = torch.zeros(w_oi.shape, dtype=torch.float64, device=K.device)
-                delta[:, sel] = R @ X.T
+                delta = torch.zeros(w_oi.shape, dtype=torch.float64, device=keys.device)
+                delta[:, sel] = core.memit_solve(keys_sel, resid, cov, hp.mom2_update_weight, extra=cache)
                 out = self.write(layer, delta)
                 entry = info[self.param_name(layer)]
                 entry["neurons"].append(sel.tolist())
@@ -82,7 +79,7 @@ class NSEEditor(Editor):
         return info
 
     def after_round(self, requests):
-        accumulate_edited_keys(self, requests)
+        self.accumulate_edited_keys(requests)
 
 
 def apply_nse_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=True, **kwargs):

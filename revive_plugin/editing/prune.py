@@ -24,8 +24,16 @@ import math
 import torch
 
 from .apply import apply_with
-from .engine import Editor, swapped_weights
+from .editor import Editor, swapped_weights
 from .hparams import PRUNEHyperParams
+from .state import ORIGINAL
+
+#: edit-state kinds (see :meth:`~.state.EditState.of`): σ_max of the original weight, the accumulated raw
+#: update D and its restrained form F(D) (per-round timing), and D under EasyEdit's reference timing
+SIGMA_MAX = "prune_sigma_max"
+PRUNE_D = "prune_D"
+PRUNE_APPLIED = "prune_applied"
+HOST_D = "prune_host_D"
 
 
 def restrain(delta: torch.Tensor, sigma_max: float, base: float = math.e) -> torch.Tensor:
@@ -59,15 +67,15 @@ class PRUNEEditor(Editor):
         super().setup()
         for l in self.layers:
             name = self.param_name(l)
-            if self.state.get(f"prune_sigma_max/{name}") is None:
+            if self.state.of(SIGMA_MAX, name) is None:
                 s = torch.linalg.matrix_norm(self.original(l).double(), ord=2)
-                self.state.set(f"prune_sigma_max/{name}", s.reshape(1).float())
-            if self.per_round and self.state.get(f"prune_D/{name}") is None:
-                self.state.set(f"prune_D/{name}", torch.zeros_like(self.original(l), dtype=torch.float32))
-                self.state.set(f"prune_applied/{name}", torch.zeros_like(self.original(l), dtype=torch.float32))
+                self.state.put(SIGMA_MAX, name, s.reshape(1).float())
+            if self.per_round and self.state.of(PRUNE_D, name) is None:
+                self.state.put(PRUNE_D, name, torch.zeros_like(self.original(l), dtype=torch.float32))
+                self.state.put(PRUNE_APPLIED, name, torch.zeros_like(self.original(l), dtype=torch.float32))
 
     def sigma_bound(self, layer: int) -> float:
-        return float(self.state.get(f"prune_sigma_max/{self.param_name(layer)}")) * self.hparams.prune_bound_scale
+        return float(self.state.of(SIGMA_MAX, self.param_name(layer))) * self.hparams.prune_bound_scale
 
     def restrained_update(self, layer: int, D: torch.Tensor) -> torch.Tensor:
         """F(D) (float32, storage layout), projected by REVIVE when it is on."""
@@ -86,12 +94,12 @@ class PRUNEEditor(Editor):
                 name = self.param_name(l)
                 w = self.weight(l)
                 raw = w.detach().float() - start[l].float()
-                D = self.state.get(f"prune_D/{name}").to(w.device) + raw
-                applied_old = self.state.get(f"prune_applied/{name}").to(w.device)
+                D = self.state.of(PRUNE_D, name).to(w.device) + raw
+                applied_old = self.state.of(PRUNE_APPLIED, name).to(w.device)
                 applied_new = self.restrained_update(l, D)
                 w[...] = (start[l].float() + (applied_new - applied_old)).to(w.dtype)
-                self.state.set(f"prune_D/{name}", D)
-                self.state.set(f"prune_applied/{name}", applied_new)
+                self.state.put(PRUNE_D, name, D)
+                self.state.put(PRUNE_APPLIED, name, applied_new)
                 info[name]["prune_restrained"] = bool(torch.linalg.matrix_norm(D.double(), ord=2) > self.sigma_bound(l))
         return info
 
@@ -109,7 +117,7 @@ class PRUNEEditor(Editor):
     def evaluation_view(self):
         """Reference timing: the model holds W₀ + F(D) inside the block, the unrestrained W₀ + D after it.
         Per-round timing (or before the first edit): the weights as they are."""
-        if self.per_round or any(self.state.get(f"orig/{self.param_name(l)}") is None for l in self.layers):
+        if self.per_round or any(self.state.of(ORIGINAL, self.param_name(l)) is None for l in self.layers):
             yield self.model
             return
         with swapped_weights(self.model, self.restrained_weights()):
@@ -121,7 +129,7 @@ class PRUNEEditor(Editor):
             return self.edit(requests)
         with torch.no_grad():
             for l in self.layers:
-                D = self.state.get(f"prune_host_D/{self.param_name(l)}")
+                D = self.state.of(HOST_D, self.param_name(l))
                 if D is not None:
                     w = self.weight(l)
                     w[...] = (self.original(l).to(w.device).float() + D.to(w.device)).to(w.dtype)
@@ -131,7 +139,7 @@ class PRUNEEditor(Editor):
             for l in self.layers:
                 name = self.param_name(l)
                 w = self.weight(l)
-                self.state.set(f"prune_host_D/{name}", w.detach().float() - self.original(l).to(w.device).float())
+                self.state.put(HOST_D, name, w.detach().float() - self.original(l).to(w.device).float())
                 w[...] = restrained[name]
         return info
 

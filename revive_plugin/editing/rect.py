@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .apply import apply_with
-from .engine import Editor
+from .editor import Editor
 from .hparams import RECTHyperParams
 
 

@@ -22,6 +22,12 @@ STATE_VERSION = 1
 _TENSORS = "state.safetensors"
 _META = "state.json"
 
+#: Kinds of per-module / per-parameter tensors every method may keep (key ``<kind>/<name>``, see
+#: :meth:`EditState.of`); a method's own kinds are constants of its module.
+COVARIANCE = "cov"  # E[kkᵀ] of a rewrite module's input
+ORIGINAL = "orig"  # the original (pre-edit) value of an edited parameter
+EDITED_KEYS = "cache_c"  # Σ k kᵀ of the keys edited so far at a rewrite module (AlphaEdit, NSE)
+
 _ATTACHED: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, EditState]]" = weakref.WeakKeyDictionary()
 
 
@@ -39,6 +45,14 @@ class EditState:
 
     def set(self, key: str, value: torch.Tensor) -> None:
         self.tensors[key] = value.detach()
+
+    def of(self, kind: str, name: str) -> torch.Tensor | None:
+        """The ``kind`` tensor of module or parameter ``name`` (None when not recorded)."""
+        return self.get(f"{kind}/{name}")
+
+    def put(self, kind: str, name: str, value: torch.Tensor) -> None:
+        """Record the ``kind`` tensor of module or parameter ``name``."""
+        self.set(f"{kind}/{name}", value)
 
     def save(self, directory) -> Path:
         """Write ``state.safetensors``, ``state.json`` (and ``reviver/``) into ``directory``."""

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .._io import CACHE_HINT, atomic_write_text, default_cache_dir
 
 TEMPLATE_PROMPTS = ("The", "Therefore", "Because", "I", "You")
 TEMPLATE_LENGTH = 10
@@ -66,8 +66,6 @@ def _cache_path(root: Path, fingerprint: str, seed: int) -> Path:
 
 def cached_context_templates(model, tok, exclude=(), seed: int = TEMPLATE_SEED, cache_dir=None) -> list[str]:
     """The generated templates of ``model``, read from the JSON cache or sampled once and stored."""
-    from ..cache import default_cache_dir
-
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     fp = model_fingerprint(model, exclude)
     path = _cache_path(root, fp, seed)
@@ -83,9 +81,5 @@ def cached_context_templates(model, tok, exclude=(), seed: int = TEMPLATE_SEED, 
     templates = generate_context_templates(model, tok, seed=seed)
     payload = {"format": FORMAT_VERSION, "fingerprint": fp, "seed": seed, "prompts": list(TEMPLATE_PROMPTS),
                "length": TEMPLATE_LENGTH, "top_k": TEMPLATE_TOP_K, "templates": templates}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=1), what="context templates", hint=CACHE_HINT)
     return templates

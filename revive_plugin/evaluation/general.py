@@ -28,7 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .metrics import perplexity_from_nll
-from .scoring import encode_targets, model_device, next_token_logprobs, pad_id, score_continuations
+from .._util import model_device, pad_id
+from .scoring import encode_targets, next_token_logprobs, score_continuations
 
 GLUE_TASKS = ("sst2", "mrpc", "rte", "cola", "nli", "mmlu", "sentiment_analysis")
 #: tasks whose validation split ``datasets`` can fetch from the GLUE benchmark (``nyu-mll/glue``)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .scoring import _left_pad, encode_prompts, model_device, pad_id
+from .._util import model_device, pad_id
+from .scoring import _left_pad, encode_prompts
 
 
 @torch.inference_mode()

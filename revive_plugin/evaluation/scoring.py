@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .._util import model_device, pad_id
+
 
 @dataclass(frozen=True)
 class ContinuationScore:
@@ -35,19 +37,6 @@ class ContinuationScore:
     def exact(self) -> bool:
         """Whether every target token is the top-1 prediction (greedy decoding yields the target)."""
         return self.predicted_ids == self.target_ids
-
-
-def model_device(model) -> torch.device:
-    """Device of the model's first parameter."""
-    return next(model.parameters()).device
-
-
-def pad_id(tok) -> int:
-    """A token id to pad with (masked out, so any valid id works)."""
-    for value in (tok.pad_token_id, tok.eos_token_id, 0):
-        if isinstance(value, int):
-            return value
-    return 0
 
 
 def with_space(target: str) -> str:

@@ -21,7 +21,7 @@ from ..arch import arch_for, num_layers
 from . import core
 from .covariance import ensure_stats, load_stats
 from .hparams import EditHParams, HParamsError
-from .state import EditState
+from .state import COVARIANCE, EDITED_KEYS, ORIGINAL, EditState
 
 
 class Editor:
@@ -97,11 +97,11 @@ class Editor:
     # ------------------------------------------------------------- resources
     def covariance(self, layer: int) -> torch.Tensor:
         """E[kkᵀ] of ``layer`` (float32, on the weight's device), from the state or the stats file."""
-        key = f"cov/{self.module_name(layer)}"
-        cov = self.state.get(key)
+        name = self.module_name(layer)
+        cov = self.state.of(COVARIANCE, name)
         if cov is None:
             hp = self.hparams
-            missing = [l for l in self.layers if self.state.get(f"cov/{self.module_name(l)}") is None]
+            missing = [l for l in self.layers if self.state.of(COVARIANCE, self.module_name(l)) is None]
             paths = ensure_stats(
                 self.model, self.tok, [self.module_name(l) for l in missing], hp.stats_dir,
                 model_name=None, mom2_dataset=hp.mom2_dataset, n_samples=hp.mom2_n_samples,
@@ -110,20 +110,43 @@ class Editor:
             )
             for l in missing:
                 mom2, count = load_stats(paths[self.module_name(l)])
-                self.state.set(f"cov/{self.module_name(l)}", (mom2.double() / count).float())
-            cov = self.state.get(key)
+                self.state.put(COVARIANCE, self.module_name(l), (mom2.double() / count).float())
+            cov = self.state.of(COVARIANCE, name)
         dev = self.weight(layer).device
         if cov.device != dev:
             cov = cov.to(dev)
-            self.state.set(key, cov)
+            self.state.put(COVARIANCE, name, cov)
         return cov
 
     def original(self, layer: int) -> torch.Tensor:
         """Original (pre-edit) weight of ``layer`` in storage layout, kept in the state."""
-        t = self.state.get(f"orig/{self.param_name(layer)}")
+        t = self.state.of(ORIGINAL, self.param_name(layer))
         if t is None:
             raise RuntimeError(f"original weight of {self.param_name(layer)} was not recorded")
         return t
+
+    # ------------------------------------------------------------ edited keys
+    def init_edited_keys(self, layer: int) -> None:
+        """An empty ``cache_c`` (Σ k kᵀ of the keys already edited, AlphaEdit's K_pK_pᵀ) for ``layer``,
+        unless restored."""
+        name = self.module_name(layer)
+        if self.state.of(EDITED_KEYS, name) is None:
+            d = self.covariance(layer).shape[0]
+            self.state.put(EDITED_KEYS, name, torch.zeros(d, d, device=self.weight(layer).device))
+
+    def edited_keys(self, layer: int) -> torch.Tensor:
+        """Σ k kᵀ of the keys edited so far at ``layer`` (see :meth:`init_edited_keys`)."""
+        return self.state.of(EDITED_KEYS, self.module_name(layer))
+
+    @torch.no_grad()
+    def accumulate_edited_keys(self, requests) -> None:
+        """``cache_c += K Kᵀ`` per edited layer: the keys of this round join the preserved set."""
+        names = [self.module_name(l) for l in self.layers]
+        keys, _ = core.compute_keys(self.model, self.tok, requests, names, self.hparams.fact_token,
+                                    templates=self.templates)
+        for name in names:
+            K = keys[name].T
+            self.state.put(EDITED_KEYS, name, self.state.of(EDITED_KEYS, name).to(K.device) + K @ K.T)
 
     def prepare(self) -> None:
         """Record originals / REVIVE bases on first use, then the method's own :meth:`setup`."""
@@ -131,9 +154,8 @@ class Editor:
         revive = ReviveConfig.of(hp)
         if self.needs_originals or revive.enabled:
             for l in self.layers:
-                key = f"orig/{self.param_name(l)}"
-                if self.state.get(key) is None:
-                    self.state.set(key, self.weight(l).detach().clone())
+                if self.state.of(ORIGINAL, self.param_name(l)) is None:
+                    self.state.put(ORIGINAL, self.param_name(l), self.weight(l).detach().clone())
         if revive.enabled:
             from ..reviver import Reviver
 
