@@ -27,7 +27,10 @@ class ArchSpec:
     rewrite_module_tmp: str
     attn_module_tmp: str
     ln_f_module: str
+    #: the output (unembedding) module of an untied model; see :func:`lm_head_module`
     lm_head_module: str
+    #: the input embedding, which is also the unembedding where ``config.tie_word_embeddings``
+    embed_module: str
     transposed: bool = False
     #: attribute of the causal-LM model holding the decoder stack (``model.model``, ``model.transformer``)
     base_attr: str = "model"
@@ -48,6 +51,7 @@ _GPT2 = ArchSpec(
     attn_module_tmp="transformer.h.{}.attn",
     ln_f_module="transformer.ln_f",
     lm_head_module="transformer.wte",
+    embed_module="transformer.wte",
     transposed=True,
     base_attr="transformer",
     hidden_size_key="n_embd",
@@ -60,6 +64,7 @@ _GPTJ = ArchSpec(
     attn_module_tmp="transformer.h.{}.attn",
     ln_f_module="transformer.ln_f",
     lm_head_module="lm_head",
+    embed_module="transformer.wte",
     base_attr="transformer",
     hidden_size_key="n_embd",
 )
@@ -71,6 +76,7 @@ _DOWN_PROJ = ArchSpec(
     attn_module_tmp="model.layers.{}.self_attn",
     ln_f_module="model.norm",
     lm_head_module="lm_head",
+    embed_module="model.embed_tokens",
     truncatable=True,
 )
 _GEMMA = replace(_DOWN_PROJ, name="gemma", logit_softcap_key="final_logit_softcapping")
@@ -103,6 +109,15 @@ def arch_for(model) -> ArchSpec:
         raise ValueError(
             f"unsupported model_type {model_type!r}; known: {sorted(ARCH_TABLE)}"
         ) from None
+
+
+def lm_head_module(model) -> str:
+    """The ``lm_head_module`` an hparams file names for ``model`` (an HF model or its config): the module whose
+    ``.weight`` is the unembedding as ``named_parameters()`` lists it. Where the model ties its input and
+    output embeddings (SmolLM2, Gemma 3, GPT-2) the tied weight is listed once, under the input embedding."""
+    config = getattr(model, "config", model)
+    spec = arch_for(config)
+    return spec.embed_module if getattr(config, "tie_word_embeddings", False) else spec.lm_head_module
 
 
 def num_layers(model) -> int:

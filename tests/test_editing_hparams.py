@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from revive_plugin.arch import arch_for, lm_head_module
 from revive_plugin.editing import METHODS, HParamsError, get_method, load_hparams
 from revive_plugin.editing.hparams import AlphaEditHyperParams, MEMITHyperParams
 
@@ -13,6 +14,21 @@ EASYEDIT_KEYS = {
     "mom2_update_weight", "rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp",
     "ln_f_module", "lm_head_module", "mom2_dataset", "mom2_n_samples", "mom2_dtype", "model_parallel",
 }
+
+#: model_type and whether the model ties its input and output embeddings (from each model's config.json)
+MODEL_CONFIGS = {"smollm2-135m": ("llama", True), "gemma3-270m": ("gemma3_text", True),
+                 "llama3-8b": ("llama", False), "gpt2-xl": ("gpt2", True), "gpt-j-6b": ("gptj", False)}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("model", sorted(MODEL_CONFIGS))
+def test_yaml_module_names_come_from_the_architecture_table(method, model):
+    model_type, tied = MODEL_CONFIGS[model]
+    config = type("Config", (), {"model_type": model_type, "tie_word_embeddings": tied})()
+    spec, hp = arch_for(config), load_hparams(method, model)
+    assert hp.lm_head_module == lm_head_module(config)
+    assert (hp.rewrite_module_tmp, hp.layer_module_tmp, hp.mlp_module_tmp, hp.attn_module_tmp, hp.ln_f_module) == (
+        spec.rewrite_module_tmp, spec.layer_module_tmp, spec.mlp_module_tmp, spec.attn_module_tmp, spec.ln_f_module)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
