@@ -97,37 +97,48 @@ def _make_file(tmp: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path, what: str = "file", hint: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; when the block ends normally it replaces ``path``,
-    otherwise it is removed. Write errors of the folder become :class:`CacheWriteError`."""
-    path = Path(path)
-    ensure_dir(path.parent, what, hint)
+def _atomic(target: Path, make, remove, folder: bool, what: str, hint: str) -> Iterator[Path]:
+    """A fresh temporary path ``make``-d next to ``target``, moved onto it when the block ends normally (for a
+    ``folder``, an existing target is removed first) and ``remove``-d otherwise; folder write errors become
+    :class:`CacheWriteError`."""
+    ensure_dir(target.parent, what, hint)
     try:
-        tmp = _new_temp(path, _make_file)
+        tmp = _new_temp(target, make)
     except OSError as e:
-        err = write_error(e, path.parent, what, hint)
+        err = write_error(e, target.parent, what, hint)
         raise (err or e) from e
     try:
         yield tmp
-        os.replace(tmp, path)
+        if folder and target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
     except Exception as e:
-        err = write_error(e, path.parent, what, hint)
+        err = write_error(e, target.parent, what, hint)
         if err is None:
             raise
         raise err from e
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        remove(tmp)
+
+
+def _remove_file(tmp: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+
+
+def atomic_path(path, what: str = "file", hint: str = "") -> contextlib.AbstractContextManager[Path]:
+    """Yield a temporary path next to ``path``; when the block ends normally it replaces ``path``,
+    otherwise it is removed. Write errors of the folder become :class:`CacheWriteError`."""
+    return _atomic(Path(path), _make_file, _remove_file, False, what, hint)
 
 
 def atomic_write_bytes(path, data: bytes, what: str = "file", hint: str = "", fsync: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically (``fsync`` before the rename when asked)."""
-    with atomic_path(path, what, hint) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
+    with atomic_path(path, what, hint) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
     return Path(path)
 
 
@@ -147,29 +158,11 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, w
     return Path(path)
 
 
-@contextlib.contextmanager
-def atomic_dir(target, what: str = "folder", hint: str = "") -> Iterator[Path]:
+def atomic_dir(target, what: str = "folder", hint: str = "") -> contextlib.AbstractContextManager[Path]:
     """Yield a fresh temporary folder next to ``target``; when the block ends normally it replaces
     ``target`` (an existing one is removed first), otherwise it is removed."""
-    target = Path(target)
-    ensure_dir(target.parent, what, hint)
-    try:
-        tmp = _new_temp(target, lambda p: p.mkdir(0o777))
-    except OSError as e:
-        err = write_error(e, target.parent, what, hint)
-        raise (err or e) from e
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except Exception as e:
-        err = write_error(e, target.parent, what, hint)
-        if err is None:
-            raise
-        raise err from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return _atomic(Path(target), lambda p: p.mkdir(0o777), lambda p: shutil.rmtree(p, ignore_errors=True),
+                   True, what, hint)
 
 
 def default_cache_dir() -> Path:

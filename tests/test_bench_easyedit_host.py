@@ -176,12 +176,8 @@ def _final_params(run_dir: Path, arm: str) -> dict:
     return load_file(str(run_dir / "arms" / arm / prog["state_dir"] / "params.safetensors"))
 
 
-def test_bench_easyedit_host_memit_end_to_end(tmp_path):
-    src = os.environ.get("EASYEDIT_SRC")
-    if not src:
-        pytest.skip("EASYEDIT_SRC is not set (path of an EasyEdit source checkout): --host easyedit test skipped")
-    if not (Path(src) / "easyeditor" / "__init__.py").is_file():
-        pytest.skip(f"EASYEDIT_SRC={src} has no easyeditor/ package: --host easyedit test skipped")
+def test_bench_easyedit_host_memit_end_to_end(tmp_path, easyedit_src):
+    src = easyedit_src
     from safetensors import safe_open
 
     from revive_plugin.models import bundled_model_dir

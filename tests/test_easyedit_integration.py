@@ -21,7 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -43,12 +42,8 @@ REQUESTS = [
 ]
 
 
-def test_easyedit_main_end_to_end():
-    src = os.environ.get("EASYEDIT_SRC")
-    if not src:
-        pytest.skip("EASYEDIT_SRC is not set (path of an EasyEdit source checkout): integration test skipped")
-    if not (Path(src) / "easyeditor" / "__init__.py").is_file():
-        pytest.skip(f"EASYEDIT_SRC={src} has no easyeditor/ package: integration test skipped")
+def test_easyedit_main_end_to_end(easyedit_src):
+    src = easyedit_src
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(REPO)]))
     r = subprocess.run([sys.executable, str(Path(__file__).resolve()), src], env=env, capture_output=True,
                        text=True, timeout=1800)

@@ -17,17 +17,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_parity_through_easyedit_main(tmp_path):
-    src = os.environ.get("EASYEDIT_SRC")
-    if not src:
-        pytest.skip("EASYEDIT_SRC is not set (path of an EasyEdit source checkout): parity check skipped")
-    if not (Path(src) / "easyeditor" / "__init__.py").is_file():
-        pytest.skip(f"EASYEDIT_SRC={src} has no easyeditor/ package: parity check skipped")
+def test_parity_through_easyedit_main(tmp_path, easyedit_src):
+    src = easyedit_src
     out = tmp_path / "parity.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(REPO)]))
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "easyedit_parity.py"), "--easyedit-src", src,
