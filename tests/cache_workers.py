@@ -43,14 +43,9 @@ class WordTok:
 
 
 def tiny_model():
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_edits import tiny_llama
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg).eval()
-    model.requires_grad_(False)
-    return model
+    return tiny_llama(vocab_size=97, num_hidden_layers=2)
 
 
 def cov(stats_dir: str, save_every_batches: str, delay: str) -> None:

@@ -68,15 +68,9 @@ def bundled_tokenizer(_bundled):
 @pytest.fixture
 def small_model(bundled_tokenizer):
     """A tiny randomly initialised Llama (4 layers, hidden 64) with the bundled tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_edits import tiny_llama
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(bundled_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.requires_grad_(False)
+    model = tiny_llama(len(bundled_tokenizer), 4, intermediate_size=128, hidden_size=64, max_position_embeddings=256)
     return model, bundled_tokenizer
 
 

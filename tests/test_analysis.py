@@ -16,6 +16,7 @@ from revive_plugin.analysis import (
 )
 from revive_plugin.analysis.targets import parse_layers, restored
 from revive_plugin.spectral import SpectralReference, energy_groups, energy_reconstruction
+from tiny_edits import tiny_llama
 
 LAYERS = [1, 2]
 NAMES = [f"model.layers.{i}.mlp.down_proj.weight" for i in LAYERS]
@@ -24,14 +25,7 @@ NAMES = [f"model.layers.{i}.mlp.down_proj.weight" for i in LAYERS]
 @pytest.fixture
 def tiny():
     """A 3-layer random Llama with a 96-token vocabulary (no tokenizer needed)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
-    model = LlamaForCausalLM(config).eval()
-    model.requires_grad_(False)
-    return model
+    return tiny_llama(vocab_size=96, num_hidden_layers=3, intermediate_size=48)
 
 
 class FakeAbility:

@@ -23,6 +23,7 @@ import torch
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 import easyedit_stubs  # noqa: E402  (test-only stubs of torchvision/timm)
+from tiny_edits import tiny_llama  # noqa: E402
 
 sys.path.remove(str(TESTS))
 
@@ -46,14 +47,7 @@ def adapter():
 
 
 def _model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg).eval()
-    model.requires_grad_(False)
-    return model
+    return tiny_llama(vocab_size=128, num_hidden_layers=4)
 
 
 def _delta(w: torch.Tensor, seed: int) -> torch.Tensor:

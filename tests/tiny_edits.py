@@ -1,6 +1,22 @@
-"""Requests, covariance texts and hparams shared by the tests that edit the tiny random Llama."""
+"""The tiny random Llama and the requests, covariance texts and hparams of the tests that edit it."""
 
 from __future__ import annotations
+
+import torch
+
+
+def tiny_llama(vocab_size: int, num_hidden_layers: int, intermediate_size: int = 64, hidden_size: int = 32,
+               max_position_embeddings: int = 64):
+    """A randomly initialised Llama (seed 0, 4 heads), in eval mode and frozen."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=num_hidden_layers, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=max_position_embeddings)
+    model = LlamaForCausalLM(config).eval()
+    model.requires_grad_(False)
+    return model
 
 TEXTS = [f"Sentence number {i} talks about {w} and the weather in {c}." for i, (w, c) in enumerate(
     zip(["cats", "dogs", "trains", "music", "rivers", "stars"] * 5, ["Paris", "Oslo", "Lima", "Rome", "Cairo"] * 6))]
