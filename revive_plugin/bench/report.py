@@ -120,7 +120,8 @@ def table1_markdown(run: dict) -> str:
                 cells.append(cell)
             lines.append(f"| {name}{_stopped(run, r)} | " + " | ".join(cells) + " |")
     lines += ["", "Eff./Para./Neigh./Consis./GLUE/Probe in %, Flu. = 100 × n-gram entropy (bits), "
-              "PPL on held-out text, LS = mean Eq. 3 similarity of the edited matrices to the originals, "
+              "PPL on held-out text, Repr. = mean cosine of never-edited prompts' hidden states to the unedited "
+              "model's (Fig 10), LS = mean Eq. 3 similarity of the edited matrices to the originals, "
               "DomΔ = % of the accumulated update ‖W_t − W_0‖² that lies in the original dominant subspace. "
               "Changes are relative to the plain method (↑↑/↓↓: plain score near zero).", "",
               generation_footnote(cfg)]
