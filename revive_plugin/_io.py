@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import importlib.util
 import logging
 import os
@@ -130,6 +131,21 @@ def atomic_path(path, what: str = "file", hint: str = "") -> contextlib.Abstract
     """Yield a temporary path next to ``path``; when the block ends normally it replaces ``path``,
     otherwise it is removed. Write errors of the folder become :class:`CacheWriteError`."""
     return _atomic(Path(path), _make_file, _remove_file, False, what, hint)
+
+
+def remove_orphan_temps(target) -> list[Path]:
+    """Remove the temporary files and folders (``.<name>.<random>.tmp``) that writers of ``target`` killed
+    mid-write left next to it; returns them. Only for a caller that holds ``target``'s :func:`file_lock` (or
+    otherwise knows that no other process is writing ``target`` now)."""
+    target = Path(target)
+    found = sorted(target.parent.glob(f".{glob.escape(target.name)}.*.tmp"))
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+    return found
 
 
 def atomic_write_bytes(path, data: bytes, what: str = "file", hint: str = "", fsync: bool = False) -> Path:

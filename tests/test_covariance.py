@@ -60,6 +60,26 @@ def test_npz_in_easyedit_layout(small_model, tmp_path):
     assert torch.allclose(cov.double(), ref / ref_count, rtol=1e-4, atol=1e-6)
 
 
+def test_finished_pass_removes_what_killed_writers_left(small_model, tmp_path):
+    """A writer killed mid-save leaves its ``.<name>.<random>.tmp``; the pass that finishes the file (holding its
+    lock) removes such orphans of the statistics and of the progress file, and nothing else."""
+    model, tok = small_model
+    path = cv.stats_path(tmp_path, "org/tiny-llama", LAYER, "float32", 10)
+    path.parent.mkdir(parents=True)
+    orphans = [path.with_name(f".{path.name}.dead0001.tmp"),
+               path.with_name(".covariance-pass-0123456789abcdef.partial.safetensors.dead0002.tmp")]
+    orphans[0].write_bytes(b"half a file")
+    orphans[1].mkdir()
+    other = path.with_name(f".{path.name}.keep.txt")
+    other.write_text("not a temporary file")
+    ck = cv.PassCheckpoint(orphans[1].with_name("covariance-pass-0123456789abcdef.partial.safetensors"), "k")
+    ck.remove()
+    assert not orphans[1].exists() and orphans[0].exists()
+    cv.ensure_layer_stats(model, tok, LAYER, tmp_path, model_name="org/tiny-llama", n_samples=10, texts=TEXTS,
+                          max_tokens=16, batch_tokens=64)
+    assert path.is_file() and not orphans[0].exists() and other.is_file()
+
+
 def test_errors(tmp_path, small_model):
     with pytest.raises(FileNotFoundError):
         cv.load_stats(tmp_path / "nope.npz")

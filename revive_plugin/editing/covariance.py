@@ -168,7 +168,10 @@ class PassCheckpoint:
         self._last_time, self._last_batches = now, batches_done
 
     def remove(self) -> None:
+        """Delete the progress file and any temporary copy a killed save left (the pass holds the locks of
+        its statistics files, so no other process writes this progress file)."""
         self.path.unlink(missing_ok=True)
+        _io.remove_orphan_temps(self.path)
 
 
 @torch.no_grad()
@@ -302,6 +305,7 @@ def ensure_stats(model, tok, layer_names: Sequence[str], stats_dir, model_name: 
                                        checkpoint=checkpoint)
         for name in missing:
             save_stats(paths[name], stats[name][0], stats[name][1], n_samples, dtype)
+            _io.remove_orphan_temps(paths[name])  # under its lock: left by a writer killed mid-save
         checkpoint.remove()
     return paths
 
