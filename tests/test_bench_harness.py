@@ -428,3 +428,48 @@ def test_evaluation_runs_in_the_editors_evaluation_view(tmp_path):
     assert cp["edit"]["neighborhood"] == pytest.approx(float(torch.sigmoid(-0.5 * saved.norm() / 30)), rel=1e-5)
     assert cp["spectral"]["per_param"]["layers.2.weight"]["norm_growth"] == pytest.approx(
         0.5 * float(saved.norm() / w0.norm()), rel=1e-5)
+
+
+@pytest.mark.parametrize("preset,given", [
+    ("default", {}),
+    ("smoke", dict(methods=["MEMIT", "AlphaEdit"], n_edits=6, taus=[0.05, 0.2], plain=False, quiet=True)),
+    ("scale", dict(eval_max_edits=None, n_paraphrase=None, glue_tasks=["sst2", "rte"], alarm_ls=0.5,
+                   zsre_target="alt", hparams_overrides={"v_lr": 0.1, "layers": [4, 5], "context_prefixes": 5})),
+])
+def test_command_line_makes_the_same_config(preset, given, tmp_path):
+    """run.md's command, run again, gives the recorded configuration back."""
+    import shlex
+
+    from revive_plugin.cli import build_parser
+
+    cfg = preset_config(preset, **given)
+    command = bench_cli.command_line(cfg)
+    argv = shlex.split(command)
+    assert argv[:2] == ["revive", "bench"] and ("--preset" in argv) == (preset != "default")
+    again, _, _ = bench_cli.config_from_args(build_parser().parse_args(argv[1:] + ["--out", str(tmp_path)]))
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_report_of_an_unfinished_run_compares_arms_at_matched_edits(tmp_path, capsys):
+    run_dir, pub = tmp_path / "run", tmp_path / "pub"
+    cfg = small_cfg(methods=["MEMIT"], n_edits=8, batch_size=2, eval_every=1)
+    res = run_bench(cfg, run_dir, components=FakeComponents(), stop_after_rounds=6, progress=False)
+    assert res.status == "interrupted"  # plain arm: 4 rounds (8 edits), REVIVE arm: 2 rounds (4 edits)
+    before = _snapshot(run_dir)
+    args = _parser().parse_args(["bench", "--report", str(run_dir), "--out", str(pub), "--no-plots"])
+    assert bench_cli.run_from_args(args) == 0
+    assert _snapshot(run_dir) == before  # --out: the run folder is left as it was
+    table = (pub / "table.md").read_text()
+    assert "run in progress: every arm at 4 of 8 edits" in table
+    plain_at_4 = json.loads((run_dir / "arms/memit-plain/checkpoints/round-00002.json").read_text())
+    assert f"| MEMIT | {plain_at_4['edit']['efficacy'] * 100:.2f} |" in table
+    run_md = (pub / "run.md").read_text()
+    assert "| memit-plain | done | 8 |" in run_md and "| memit-revive | running | 4 |" in run_md
+    assert "revive bench --preset smoke" in run_md
+    with open(pub / "results.csv") as f:
+        assert [(r["arm"], r["edits"]) for r in csv.DictReader(f)] == [("baseline", "0")] + [
+            ("memit-plain", str(e)) for e in (2, 4, 6, 8)] + [("memit-revive", "2"), ("memit-revive", "4")]
+    run_bench(cfg, run_dir, components=FakeComponents(), resume=True, progress=False, plots=False)
+    assert "evaluated after the last round" in (run_dir / "table.md").read_text()
+    with pytest.raises(ValueError, match="not both"):
+        bench_cli.run_from_args(_parser().parse_args(["bench", "--report", str(run_dir), "--resume", str(run_dir)]))

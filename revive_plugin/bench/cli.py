@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -69,6 +71,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="new run folder (default: ./revive-runs/bench-<time>); refused when not empty")
     g.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last completed round; other flags must match its config")
+    g.add_argument("--report", type=Path, default=None, metavar="RUN_DIR",
+                   help="edit nothing: write the tables, CSV, plots and run.md (command, progress, times) of RUN_DIR "
+                        "from the checkpoints it has so far, e.g. while a long run is going; with --out DIR, into DIR")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
     g.add_argument("--save-every", type=int, default=None, metavar="ROUNDS",
                    help="save the resumable state every ROUNDS rounds (default: 1)")
@@ -151,6 +156,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 #: BenchConfig fields set by a flag of another name (every other field's flag has the field's name)
 _FIELD_FLAGS = {"taus": "tau"}
+#: flags whose value "all" stands for None
+_ALL_IS_NONE = ("eval_max_edits", "n_paraphrase", "n_neighborhood")
 #: BenchConfig fields no flag sets through :func:`_given` (--preset picks the starting values)
 _NOT_GIVEN = ("preset",)
 
@@ -165,6 +172,25 @@ def _given(args) -> dict:
     if getattr(args, "overrides", None):
         out["hparams_overrides"] = dict(args.overrides)
     return out
+
+
+def command_line(cfg: BenchConfig) -> str:
+    """The ``revive bench`` command that makes ``cfg``: its preset and a flag for every value that differs."""
+    base = preset_config(cfg.preset)
+    argv = ["revive", "bench"] + (["--preset", cfg.preset] if cfg.preset != "default" else [])
+    for f in dataclasses.fields(BenchConfig):
+        value, start = getattr(cfg, f.name), getattr(base, f.name)
+        if f.name in _NOT_GIVEN or value == start:
+            continue
+        if f.name == "hparams_overrides":
+            argv += [a for k, v in value.items() if start.get(k) != v for a in ("--set", f"{k}={json.dumps(v)}")]
+        elif isinstance(value, bool):
+            argv.append(f"--{f.name}" if value else f"--no-{f.name}")
+        else:
+            text = ("all" if value is None and f.name in _ALL_IS_NONE
+                    else ",".join(map(str, value)) if isinstance(value, list) else str(value))
+            argv += [f"--{_FIELD_FLAGS.get(f.name, f.name).replace('_', '-')}", text]
+    return shlex.join(argv)
 
 
 def config_from_args(args) -> tuple[BenchConfig, Path, bool]:
@@ -187,9 +213,26 @@ def config_from_args(args) -> tuple[BenchConfig, Path, bool]:
     return cfg, Path(out), False
 
 
+def report_from_args(args) -> int:
+    """``--report RUN_DIR [--out DIR]``: reports of a run folder as it stands, without editing."""
+    from .harness import load_run_config
+    from .report import write_reports
+
+    cfg = load_run_config(args.report)
+    outputs = write_reports(args.report, plots=args.plots, out_dir=args.out, command=command_line(cfg))
+    print(Path(outputs["run"]).read_text(encoding="utf-8"))
+    print(Path(outputs["table"]).read_text(encoding="utf-8"))
+    print(f"written to {Path(outputs['table']).parent}")
+    return 0
+
+
 def run_from_args(args, components=None) -> int:
     from .harness import run_bench
 
+    if args.report is not None:
+        if args.resume is not None:
+            raise ValueError("give either --report RUN_DIR (no editing) or --resume RUN_DIR, not both")
+        return report_from_args(args)
     cfg, run_dir, resume = config_from_args(args)
     echo = print if not cfg.quiet else (lambda s: None)
     arms = len(cfg.methods) * (len(cfg.taus) + int(cfg.plain))
@@ -199,7 +242,7 @@ def run_from_args(args, components=None) -> int:
     t0 = time.perf_counter()
     try:
         res = run_bench(cfg, run_dir, components=components, resume=resume, progress=not cfg.quiet,
-                        plots=getattr(args, "plots", True), echo=echo)
+                        plots=getattr(args, "plots", True), echo=echo, command=command_line(cfg))
     except KeyboardInterrupt:
         if (Path(run_dir) / "config.json").exists():
             print(f"\ninterrupted; continue with: revive bench --resume {run_dir}", file=sys.stderr)

@@ -113,8 +113,9 @@ class BenchRun:
     """
 
     def __init__(self, cfg: BenchConfig, run_dir, components=None, resume: bool = False,
-                 echo: Callable[[str], None] | None = None):
+                 echo: Callable[[str], None] | None = None, command: str | None = None):
         self.cfg = cfg
+        self.command = command
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.echo = echo or (lambda s: None)
@@ -184,6 +185,7 @@ class BenchRun:
             "data_fingerprint": self.data_fingerprint,
             "arms": [a.name for a in arms_for(self.cfg)],
             "checkpoint_rounds": self.cfg.checkpoint_rounds(),
+            "command": self.command,
             "environment": {"python": platform.python_version(), "torch": torch.__version__,
                             "machine": platform.machine(), "threads": torch.get_num_threads()},
         }
@@ -426,9 +428,10 @@ def _progress_bar(enabled: bool, total: int, initial: int, desc: str):
 
 def run_bench(cfg: BenchConfig, run_dir, components=None, resume: bool = False,
               stop_after_rounds: int | None = None, progress: bool = True, plots: bool = True,
-              echo: Callable[[str], None] | None = None) -> RunResult:
-    """Validate, bind ``run_dir`` and run the benchmark (see :class:`BenchRun`)."""
-    run = BenchRun(cfg, run_dir, components=components, resume=resume, echo=echo)
+              echo: Callable[[str], None] | None = None, command: str | None = None) -> RunResult:
+    """Validate, bind ``run_dir`` and run the benchmark (see :class:`BenchRun`); ``command`` (the command line
+    that makes ``cfg``) is recorded in config.json for run.md."""
+    run = BenchRun(cfg, run_dir, components=components, resume=resume, echo=echo, command=command)
     run.prepare()
     return run.run(stop_after_rounds=stop_after_rounds, progress=progress, plots=plots)
 

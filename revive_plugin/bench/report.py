@@ -68,9 +68,29 @@ def to_csv(rows_: list[dict]) -> str:
     return buf.getvalue()
 
 
+def _finished(arm: dict) -> bool:
+    return arm["progress"] is not None and arm["progress"].status in ("done", "stopped")
+
+
+def matched_edits(run: dict) -> int | None:
+    """While some arm is still running: the most edits every arm with a checkpoint has been evaluated at
+    (the table compares arms there); None once every arm has finished."""
+    arms = [a for a in run["arms"].values() if a["checkpoints"]]
+    if all(_finished(a) for a in run["arms"].values()) or not arms:
+        return None
+    return min(a["checkpoints"][-1]["edits"] for a in arms)
+
+
 def final_rows(run: dict) -> dict:
-    """Last checkpoint row of every arm that has one."""
-    return {name: flatten(a["checkpoints"][-1]) for name, a in run["arms"].items() if a["checkpoints"]}
+    """Last checkpoint row of every arm that has one; while the run is going, each arm's checkpoint at
+    :func:`matched_edits` (so no arm is compared after more edits than another)."""
+    cap = matched_edits(run)
+    out = {}
+    for name, a in run["arms"].items():
+        cps = [c for c in a["checkpoints"] if cap is None or c["edits"] <= cap]
+        if cps:
+            out[name] = flatten(cps[-1])
+    return out
 
 
 def _fmt(v, scale) -> str:
@@ -96,8 +116,10 @@ def table1_markdown(run: dict) -> str:
     finals = final_rows(run)
     columns = [c for c in EDIT_COLUMNS + GENERAL_COLUMNS if _has(c[0], finals, run["baseline"])]
     n_edits = max((r["edits"] for r in finals.values()), default=0)
+    when = ("evaluated after the last round" if matched_edits(run) is None else
+            f"run in progress: every arm at {n_edits} of {cfg['n_edits']} edits")
     lines = [f"Sequential editing of {cfg['model']}: {n_edits} edits in rounds of {cfg['batch_size']} "
-             f"(retention of ALL edits, evaluated after the last round)", "",
+             f"(retention of ALL edits, {when})", "",
              "| Method | " + " | ".join(c[1] for c in columns) + " |",
              "|---|" + "---|" * len(columns)]
     if run["baseline"] is not None:
@@ -178,20 +200,47 @@ def table2_markdown(run: dict) -> str | None:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(run_dir, plots: bool = True) -> dict:
-    """Write results.csv, table.md (+ tau_table.md) and plots; returns their paths."""
-    run_dir = Path(run_dir)
+def run_markdown(run: dict, command: str | None = None) -> str:
+    """run.md: the command that makes the run, each arm's progress and times, and the environment."""
+    record = run["config"]
+    cfg = record["config"]
+    command = command or record.get("command")
+    lines = [f"# {cfg['model']}: {', '.join(cfg['methods'])} x {{plain, +REVIVE}}, {cfg['n_edits']} edits "
+             f"in rounds of {cfg['batch_size']}", ""]
+    if command:
+        lines += ["```", command, "```", "", "Continue after an interruption: `revive bench --resume RUN_DIR`.", ""]
+    lines += ["| arm | status | edits | edit time (min) | evaluation time (min) | median s/round |",
+              "|---|---|---|---|---|---|"]
+    for name, a in run["arms"].items():
+        prog = a["progress"]
+        if prog is None:
+            lines.append(f"| {name} | not started | 0 | – | – | – |")
+            continue
+        rounds = sorted(prog.round_seconds)
+        median = f"{rounds[len(rounds) // 2]:.1f}" if rounds else "–"
+        lines.append(f"| {name} | {prog.status} | {prog.edits_done} | {prog.edit_seconds / 60:.1f} | "
+                     f"{prog.eval_seconds / 60:.1f} | {median} |")
+    env = record.get("environment") or {}
+    if env:
+        lines += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(run_dir, plots: bool = True, out_dir=None, command: str | None = None) -> dict:
+    """Write results.csv, table.md (+ tau_table.md), run.md and plots of the run in ``run_dir`` into
+    ``out_dir`` (default: the run folder); works on an unfinished run. Returns the written paths."""
     run = load_run(run_dir)
-    out = {}
-    atomic_write_text(run_dir / "results.csv", to_csv(rows(run)))
-    out["csv"] = run_dir / "results.csv"
-    atomic_write_text(run_dir / "table.md", table1_markdown(run))
-    out["table"] = run_dir / "table.md"
+    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = {"csv": out_dir / "results.csv", "table": out_dir / "table.md", "run": out_dir / "run.md"}
+    atomic_write_text(out["csv"], to_csv(rows(run)))
+    atomic_write_text(out["table"], table1_markdown(run))
+    atomic_write_text(out["run"], run_markdown(run, command))
     t2 = table2_markdown(run)
     if t2 is not None:
-        atomic_write_text(run_dir / "tau_table.md", t2)
-        out["tau_table"] = run_dir / "tau_table.md"
+        out["tau_table"] = out_dir / "tau_table.md"
+        atomic_write_text(out["tau_table"], t2)
     if plots:
         from .plots import write_plots
-        out["plots"] = write_plots(run, run_dir / "plots")
+        out["plots"] = write_plots(run, out_dir / "plots")
     return out
