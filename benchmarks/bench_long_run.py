@@ -116,23 +116,29 @@ def main(argv=None) -> int:
     ap.add_argument("--glue-dir", default=None, help="GLUE-style subsets (else GLUE is left out)")
     ap.add_argument("--arm-edits", type=int, default=5000, help="length of the arm to project")
     ap.add_argument("--out", default=None, help="run folder (default: a temporary folder)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="rounds of 2 edits with the smoke preset's evaluation sizes and a 40-text covariance: "
+                         "checks that the script runs, its numbers mean nothing")
     args = ap.parse_args(argv)
     if args.rounds < 2:
         ap.error("--rounds must be at least 2 (the first round also pays one-time costs)")
 
     import torch
 
-    from revive_plugin.bench.config import preset_config
+    from revive_plugin.bench.config import CPU_HPARAMS, preset_config
     from revive_plugin.bench.harness import run_bench
 
     scale = preset_config("scale")
-    n = args.rounds * scale.batch_size
-    cfg = preset_config("scale", n_edits=n, eval_every=args.rounds, plain=not args.revive,
-                        glue_dir=args.glue_dir, glue_n=scale.glue_n if args.glue_dir else 0, quiet=True)
+    base = preset_config("smoke") if args.smoke else scale
+    n = args.rounds * base.batch_size
+    small = dict(CPU_HPARAMS, mom2_n_samples=40, v_num_grad_steps=2) if args.smoke else None
+    cfg = preset_config(base.preset, n_edits=n, eval_every=args.rounds, plain=not args.revive,
+                        glue_dir=args.glue_dir, glue_n=base.glue_n if args.glue_dir else 0, quiet=True,
+                        hparams_overrides=small)
     clock = StageClock()
     comps = instrument(clock)
     print(f"threads={torch.get_num_threads()}  {args.rounds} rounds of {cfg.batch_size} "
-          f"({'MEMIT+REVIVE' if args.revive else 'MEMIT'}), checkpoint on {min(n, cfg.eval_max_edits)} edits")
+          f"({'MEMIT+REVIVE' if args.revive else 'MEMIT'}), checkpoint on {min(n, cfg.eval_max_edits or n)} edits")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="revive-longrun-") as tmp:
         run_bench(cfg, args.out or tmp, components=comps, progress=False, plots=False)

@@ -52,12 +52,12 @@ def literal_with_full_bases(U, Vh, k, delta):
     return U @ alpha @ Vh
 
 
-def main() -> None:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tau", type=float, default=0.1)
     ap.add_argument("--quick", action="store_true", help="quarter-size shapes (a smoke run)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
     print(f"device={device} threads={torch.get_num_threads()} tau={args.tau} dtype=float32")
@@ -87,7 +87,8 @@ def main() -> None:
         print(f"  basis by SVD {t_compute:.3f} s, from disk cache {t_load:.3f} s -> {t_compute / t_load:6.1f}x "
               f"(goal >= 50x); identical={same}")
         assert err < 1e-4, "projection and Algorithm 1 disagree"
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
