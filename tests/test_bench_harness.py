@@ -473,3 +473,27 @@ def test_report_of_an_unfinished_run_compares_arms_at_matched_edits(tmp_path, ca
     assert "evaluated after the last round" in (run_dir / "table.md").read_text()
     with pytest.raises(ValueError, match="not both"):
         bench_cli.run_from_args(_parser().parse_args(["bench", "--report", str(run_dir), "--resume", str(run_dir)]))
+
+
+def _untimed_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "results.csv") as f:
+        return [{k: v for k, v in r.items() if "seconds" not in k and "per_second" not in k} for r in csv.DictReader(f)]
+
+
+def test_arms_run_by_separate_processes_give_the_whole_run(tmp_path):
+    """--only-arms: two processes on one folder, one arm each, end as one all-arms run does."""
+    cfg = small_cfg(methods=["MEMIT"], n_edits=4, batch_size=2, eval_every=1)
+    run_bench(cfg, tmp_path / "whole", components=FakeComponents(), progress=False, plots=False)
+    split = tmp_path / "split"
+    res = run_bench(small_cfg(methods=["MEMIT"], n_edits=4, batch_size=2, eval_every=1, only_arms=["memit-revive"]),
+                    split, components=FakeComponents(), progress=False, plots=False)
+    assert res.arms == ["memit-revive"] and not (split / "arms" / "memit-plain").exists()
+    assert "| MEMIT |" not in (split / "table.md").read_text()
+    run_bench(small_cfg(methods=["MEMIT"], n_edits=4, batch_size=2, eval_every=1, only_arms=["memit-plain"]),
+              split, components=FakeComponents(), resume=True, progress=False, plots=False)
+    assert _untimed_rows(split) == _untimed_rows(tmp_path / "whole")
+    assert (split / "table.md").read_text() == (tmp_path / "whole" / "table.md").read_text()
+    with pytest.raises(ValueError, match=r"not arms of this configuration; its arms are \['memit-plain', 'memit-revive'\]"):
+        run_bench(small_cfg(methods=["MEMIT"], only_arms=["memit"]), tmp_path / "bad", components=FakeComponents(),
+                  progress=False)
+    assert not (tmp_path / "bad").exists()

@@ -80,6 +80,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--no-plots", dest="plots", action="store_false", default=True,
                    help="skip the PNG plots (tables and CSV are still written)")
     g.add_argument("--device", default=None, help="torch device for the model, e.g. cpu or cuda (default: auto)")
+    g.add_argument("--only-arms", type=_csv, default=None, metavar="ARM1,ARM2",
+                   help="run only these arms (folder names under arms/, e.g. memit-revive) and leave the others to "
+                        "another process on the same folder: one process per arm on several cores or GPUs "
+                        "(default: every arm, one after the other)")
     g = p.add_argument_group("experiment")
     g.add_argument("--methods", type=_methods, default=None, metavar="M1,M2",
                    help=f"editing methods, comma-separated, or 'all' = {','.join(METHODS)} {_d('methods')}")

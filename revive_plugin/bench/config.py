@@ -27,7 +27,7 @@ ZSRE_TARGETS = ("answers", "alt")
 GENERATION_PROTOCOLS = ("memit", "fast")
 
 # Fields that never change results: excluded from the hash (device/paths may differ on resume).
-_RUNTIME_FIELDS = ("device", "save_every", "preset", "glue_dir", "hparams_dir", "quiet")
+_RUNTIME_FIELDS = ("device", "save_every", "preset", "glue_dir", "hparams_dir", "quiet", "only_arms")
 
 
 @dataclass
@@ -72,6 +72,7 @@ class BenchConfig:
     alarm_action: str = "warn"
     save_every: int = 1
     quiet: bool = False
+    only_arms: list | None = None  # this process runs only these arms (by folder name); None: all
 
     # ---- derived ----
     @property
@@ -156,6 +157,8 @@ class BenchConfig:
                              f"got {self.generation_protocol!r}")
         if not isinstance(self.hparams_overrides, dict):
             raise TypeError("hparams_overrides must be a dict of hparams keys to values")
+        if self.only_arms is not None and (not isinstance(self.only_arms, list) or not self.only_arms):
+            raise ValueError("only_arms must be a non-empty list of arm names (or None for every arm)")
         if not isinstance(self.glue_tasks, list):
             raise TypeError("glue_tasks must be a list of task names")
         return self

@@ -138,6 +138,10 @@ class BenchRun:
         self.cfg.validate()
         if hasattr(self.c, "check"):
             self.c.check(self.cfg)
+        names = [a.name for a in arms_for(self.cfg)]
+        unknown = [a for a in self.cfg.only_arms or () if a not in names]
+        if unknown:
+            raise ValueError(f"only_arms: {unknown} are not arms of this configuration; its arms are {names}")
         known = {m.lower() for m in self.c.known_methods()}
         for m in self.cfg.methods:
             if m.lower() not in known:
@@ -288,7 +292,7 @@ class BenchRun:
             self.prepare()
         self._refs = {}
         self._load_model()
-        arms = arms_for(self.cfg)
+        arms = [a for a in arms_for(self.cfg) if self.cfg.only_arms is None or a.name in self.cfg.only_arms]
         budget = [stop_after_rounds]
         if self.general is None:
             self.general = self.c.general_evaluator(self.cfg, self.model, self.tok,
