@@ -460,7 +460,7 @@ def test_report_of_an_unfinished_run_compares_arms_at_matched_edits(tmp_path, ca
     assert bench_cli.run_from_args(args) == 0
     assert _snapshot(run_dir) == before  # --out: the run folder is left as it was
     table = (pub / "table.md").read_text()
-    assert "run in progress: every arm at 4 of 8 edits" in table
+    assert "run in progress: arms compared at 4 of 8 edits" in table
     plain_at_4 = json.loads((run_dir / "arms/memit-plain/checkpoints/round-00002.json").read_text())
     assert f"| MEMIT | {plain_at_4['edit']['efficacy'] * 100:.2f} |" in table
     run_md = (pub / "run.md").read_text()

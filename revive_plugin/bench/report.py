@@ -117,7 +117,7 @@ def table1_markdown(run: dict) -> str:
     columns = [c for c in EDIT_COLUMNS + GENERAL_COLUMNS if _has(c[0], finals, run["baseline"])]
     n_edits = max((r["edits"] for r in finals.values()), default=0)
     when = ("evaluated after the last round" if matched_edits(run) is None else
-            f"run in progress: every arm at {n_edits} of {cfg['n_edits']} edits")
+            f"run in progress: arms compared at {n_edits} of {cfg['n_edits']} edits")
     lines = [f"Sequential editing of {cfg['model']}: {n_edits} edits in rounds of {cfg['batch_size']} "
              f"(retention of ALL edits, {when})", "",
              "| Method | " + " | ".join(c[1] for c in columns) + " |",
