@@ -259,6 +259,7 @@ def run_from_args(args, components=None) -> int:
     if "tau_table" in res.outputs:
         print(f"  tau table: {res.outputs['tau_table']}")
     print(f"  CSV: {res.outputs['csv']}")
+    print(f"  command and times: {res.outputs['run']}")
     for name, path in res.outputs.get("plots", {}).items():
         print(f"  plot ({name}): {path}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import statistics
 from pathlib import Path
 
 from .rows import BASE_FIELDS, flatten
@@ -216,8 +217,7 @@ def run_markdown(run: dict, command: str | None = None) -> str:
         if prog is None:
             lines.append(f"| {name} | not started | 0 | – | – | – |")
             continue
-        rounds = sorted(prog.round_seconds)
-        median = f"{rounds[len(rounds) // 2]:.1f}" if rounds else "–"
+        median = f"{statistics.median(prog.round_seconds):.1f}" if prog.round_seconds else "–"
         lines.append(f"| {name} | {prog.status} | {prog.edits_done} | {prog.edit_seconds / 60:.1f} | "
                      f"{prog.eval_seconds / 60:.1f} | {median} |")
     env = record.get("environment") or {}
