@@ -497,3 +497,15 @@ def test_arms_run_by_separate_processes_give_the_whole_run(tmp_path):
         run_bench(small_cfg(methods=["MEMIT"], only_arms=["memit"]), tmp_path / "bad", components=FakeComponents(),
                   progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("new,old,expected", [
+    (0.49, 0.52, "↓ 5.8%"),      # a 0–1 column (Repr., LS): a real change, not '='
+    (0.884, 0.85, "↑ 4.0%"),     # a % column, raw 0–1 values
+    (200.1, 269.6, "↓ 25.8%"),   # PPL in its own units
+    (0.0, 0.0945, "↓ 100.0%"),   # DomΔ: REVIVE removes the dominant share
+    (0.2, 0.005, "↑↑"), (0.0, 0.005, "="), (0.003, 0.0, "="),  # plain near zero
+])
+def test_relative_change_is_relative_for_every_column_scale(new, old, expected):
+    from revive_plugin.bench.report import relative_change
+    assert relative_change(new, old) == expected

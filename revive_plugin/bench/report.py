@@ -31,7 +31,7 @@ GENERAL_COLUMNS = [
     ("ls_mean", "LS↑", 1.0, True),
     ("dom_share_mean", "DomΔ↓", 100.0, False),
 ]
-_NEAR_ZERO = 1.0  # in table units: a baseline below this gets ↑↑ / ↓↓ instead of a percentage
+_NEAR_ZERO = 0.01  # raw units (1 point of a % column, 0.01 of a 0–1 one): a plain score below it gets ↑↑ / ↓↓
 
 def load_run(run_dir) -> dict:
     """Baseline, per-arm checkpoint lists (sorted by round) and progress of a run folder."""
@@ -100,14 +100,15 @@ def _fmt(v, scale) -> str:
     return f"{v * scale:.2f}"
 
 
-def relative_change(new, old, scale: float) -> str:
-    """'↑ 53.5%' / '↓ 0.1%' as in Table 1; '↑↑' where the plain score is near zero."""
+def relative_change(new, old) -> str:
+    """'↑ 53.5%' / '↓ 0.1%' as in Table 1; '↑↑' where the plain score is near zero.
+
+    Works on raw values, so a 0–1 column (Repr., LS) gets a percentage like a % column."""
     if new is None or old is None:
         return ""
-    a, b = new * scale, old * scale
-    if abs(b) < _NEAR_ZERO:
-        return "↑↑" if a > b + _NEAR_ZERO else ("↓↓" if a < b - _NEAR_ZERO else "=")
-    rel = (a - b) / abs(b) * 100.0
+    if abs(old) < _NEAR_ZERO:
+        return "↑↑" if new > old + _NEAR_ZERO else ("↓↓" if new < old - _NEAR_ZERO else "=")
+    rel = (new - old) / abs(old) * 100.0
     return f"{'↑' if rel >= 0 else '↓'} {abs(rel):.1f}%"
 
 
@@ -138,7 +139,7 @@ def table1_markdown(run: dict) -> str:
             for key, _, scale, _ in columns:
                 cell = _fmt(r.get(key), scale)
                 if plain is not None:
-                    change = relative_change(r.get(key), plain.get(key), scale)
+                    change = relative_change(r.get(key), plain.get(key))
                     cell = f"{cell} {change}".strip()
                 cells.append(cell)
             lines.append(f"| {name}{_stopped(run, r)} | " + " | ".join(cells) + " |")
