@@ -261,6 +261,13 @@ def test_tau_sweep_outputs(tmp_path):
     assert "| MEMIT+REVIVE | 0.10 |" in t2 and "| MEMIT+REVIVE | 0.30 |" in t2
     assert (run / "plots" / "tau_sweep.png").stat().st_size > 1000
     assert "(τ=0.3)" in (run / "table.md").read_text()
+    traj = (run / "trajectory.md").read_text()
+    assert "each cell is plain / +REVIVE τ=0.1 / +REVIVE τ=0.3" in traj
+    assert "| 0 (unedited) | " in traj
+    cps = [json.loads((run / f"arms/{a}/checkpoints/round-00002.json").read_text())
+           for a in ("memit-plain", "memit-revive-tau0.1", "memit-revive-tau0.3")]
+    cell = " / ".join(f"{c['edit']['efficacy'] * 100:.1f}" for c in cps)
+    assert f"| {cps[0]['edits']} | {cell} | " in traj
 
 
 def test_drift_alarm_stops_plain_arm(tmp_path):

@@ -1,4 +1,4 @@
-"""Reports of a run folder: results.csv, Table 1 / Table 2 shaped Markdown, plots, summary.
+"""Reports of a run folder: results.csv, Table 1 / Table 2 shaped Markdown, trajectories, plots, summary.
 
 Everything is rebuilt from the JSON files on disk (``baseline.json``, ``arms/*/checkpoints``),
 so a resumed run reports exactly what an uninterrupted one would.
@@ -202,6 +202,49 @@ def table2_markdown(run: dict) -> str | None:
     return "\n".join(lines) + "\n"
 
 
+# trajectory.md columns: (key in a flattened row, header, scale, format)
+TRAJECTORY_COLUMNS = [
+    ("efficacy", "Eff.", 100.0, "{:.1f}"), ("paraphrase", "Para.", 100.0, "{:.1f}"),
+    ("neighborhood", "Neigh.", 100.0, "{:.1f}"), ("ppl", "PPL", 1.0, "{:.1f}"), ("probe", "Probe", 100.0, "{:.0f}"),
+    ("repr_cos", "Repr. cos", 1.0, "{:.2f}"), ("repr_cka", "Repr. CKA", 1.0, "{:.2f}"),
+    ("ls_mean", "LS", 1.0, "{:.2f}"), ("ss_left_mean", "SS (left)", 1.0, "{:.2f}"),
+    ("dom_share_mean", "DomΔ %", 100.0, "{:.1f}"),
+]
+
+
+def trajectory_markdown(run: dict) -> str:
+    """trajectory.md: per method, one line per checkpoint with every arm's value side by side
+    ("plain / +REVIVE"), starting at the unedited model (0 edits); the curves of the plots as numbers."""
+    cfg = run["config"]["config"]
+    base = flatten(run["baseline"]) if run["baseline"] is not None else {}
+    lines = []
+    for method in cfg["methods"]:
+        arms = [(name, [flatten(c) for c in a["checkpoints"]]) for name, a in run["arms"].items()
+                if a["checkpoints"] and a["checkpoints"][0]["method"] == method]
+        if not arms:
+            continue
+        arms.sort(key=lambda na: (na[1][0]["mode"] != "plain", na[1][0]["tau"] or 0.0))
+        labels = [("plain" if r[0]["mode"] == "plain" else f"+REVIVE τ={r[0]['tau']:g}") for _, r in arms]
+        columns = [c for c in TRAJECTORY_COLUMNS if any(c[0] in r for _, rs in arms for r in rs)]
+        lines += [f"{method} on {cfg['model']}, rounds of {cfg['batch_size']}: each cell is "
+                  f"{' / '.join(labels)} (– : not evaluated there)", "",
+                  "| edits | " + " | ".join(c[1] for c in columns) + " |", "|---|" + "---|" * len(columns)]
+        if base:
+            lines.append("| 0 (unedited) | " + " | ".join(_cell(base.get(c[0]), c) for c in columns) + " |")
+        by_edits = [{r["edits"]: r for r in rs} for _, rs in arms]
+        for n in sorted(set().union(*by_edits)):
+            lines.append(f"| {n} | " + " | ".join(
+                " / ".join(_cell(rs.get(n, {}).get(c[0]), c) for rs in by_edits) for c in columns) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(v, column) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return column[3].format(v * column[2])
+
+
 def run_markdown(run: dict, command: str | None = None) -> str:
     """run.md: the command that makes the run, each arm's progress and times, and the environment."""
     record = run["config"]
@@ -228,7 +271,7 @@ def run_markdown(run: dict, command: str | None = None) -> str:
 
 
 def write_reports(run_dir, plots: bool = True, out_dir=None, command: str | None = None) -> dict:
-    """Write results.csv, table.md (+ tau_table.md), run.md and plots of the run in ``run_dir`` into
+    """Write results.csv, table.md (+ tau_table.md), trajectory.md, run.md and plots of the run in ``run_dir`` into
     ``out_dir`` (default: the run folder); works on an unfinished run. Returns the written paths."""
     run = load_run(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir)
@@ -237,6 +280,8 @@ def write_reports(run_dir, plots: bool = True, out_dir=None, command: str | None
     atomic_write_text(out["csv"], to_csv(rows(run)))
     atomic_write_text(out["table"], table1_markdown(run))
     atomic_write_text(out["run"], run_markdown(run, command))
+    out["trajectory"] = out_dir / "trajectory.md"
+    atomic_write_text(out["trajectory"], trajectory_markdown(run))
     t2 = table2_markdown(run)
     if t2 is not None:
         out["tau_table"] = out_dir / "tau_table.md"
