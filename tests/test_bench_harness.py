@@ -261,6 +261,7 @@ def test_tau_sweep_outputs(tmp_path):
     assert "| MEMIT+REVIVE | 0.10 |" in t2 and "| MEMIT+REVIVE | 0.30 |" in t2
     assert (run / "plots" / "tau_sweep.png").stat().st_size > 1000
     assert "(τ=0.3)" in (run / "table.md").read_text()
+    assert (run / "run.md").read_text().startswith("# smollm2-135m: memit-plain, memit-revive-tau0.1, memit-revive-tau0.3; 6 edits")
     traj = (run / "trajectory.md").read_text()
     assert "each cell is plain / +REVIVE τ=0.1 / +REVIVE τ=0.3" in traj
     assert "| 0 (unedited) | " in traj
@@ -372,6 +373,14 @@ def test_cli_runs_and_resumes(tmp_path, capsys):
     args = _parser().parse_args(["bench", "--resume", str(out), "-n", "6"])
     with pytest.raises(ValueError, match="n_edits"):
         bench_cli.run_from_args(args, components=FakeComponents())
+
+
+def test_cli_header_names_the_arms_it_runs(tmp_path, capsys):
+    args = _parser().parse_args(["bench", "--preset", "smoke", "--methods", "memit", "-n", "4", "-b", "2",
+                                 "--tau", "0.05,0.3", "--no-plain", "--no-plots", "--out", str(tmp_path / "run")])
+    assert bench_cli.run_from_args(args, components=FakeComponents()) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "2 arms (MEMIT+REVIVE (τ=0.05), MEMIT+REVIVE (τ=0.3))" in header and "plain" not in header
 
 
 def test_cli_is_registered_in_the_revive_command():

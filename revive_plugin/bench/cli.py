@@ -231,7 +231,7 @@ def report_from_args(args) -> int:
 
 
 def run_from_args(args, components=None) -> int:
-    from .harness import run_bench
+    from .harness import arms_for, run_bench
 
     if args.report is not None:
         if args.resume is not None:
@@ -239,8 +239,8 @@ def run_from_args(args, components=None) -> int:
         return report_from_args(args)
     cfg, run_dir, resume = config_from_args(args)
     echo = print if not cfg.quiet else (lambda s: None)
-    arms = len(cfg.methods) * (len(cfg.taus) + int(cfg.plain))
-    echo(f"revive bench: {cfg.model}, {', '.join(cfg.methods)} x {{plain, +REVIVE}} ({arms} arms), "
+    arms = [a.label for a in arms_for(cfg)]
+    echo(f"revive bench: {cfg.model}, {len(arms)} arms ({', '.join(arms)}), "
          f"{cfg.n_edits} edits in rounds of {cfg.batch_size}, checkpoints every {cfg.eval_every} rounds "
          f"-> {run_dir}{' (resuming)' if resume else ''}")
     t0 = time.perf_counter()

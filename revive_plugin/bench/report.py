@@ -250,7 +250,7 @@ def run_markdown(run: dict, command: str | None = None) -> str:
     record = run["config"]
     cfg = record["config"]
     command = command or record.get("command")
-    lines = [f"# {cfg['model']}: {', '.join(cfg['methods'])} x {{plain, +REVIVE}}, {cfg['n_edits']} edits "
+    lines = [f"# {cfg['model']}: {', '.join(run['arms'])}; {cfg['n_edits']} edits "
              f"in rounds of {cfg['batch_size']}", ""]
     if command:
         lines += ["```", command, "```", "", "Continue after an interruption: `revive bench --resume RUN_DIR`.", ""]
