@@ -271,6 +271,41 @@ def test_tau_sweep_outputs(tmp_path):
     assert f"| {cps[0]['edits']} | {cell} | " in traj
 
 
+def test_report_with_a_sweep_run_made_without_the_plain_arm(tmp_path):
+    """--report RUN --with SWEEP: a τ sweep run with --no-plain is reported next to the run holding the plain arm."""
+    main, sweep, pub = tmp_path / "main", tmp_path / "sweep", tmp_path / "pub"
+    run_bench(small_cfg(methods=["MEMIT"]), main, components=FakeComponents(), progress=False, plots=False)
+    run_bench(small_cfg(methods=["MEMIT"], taus=[0.05, 0.3], plain=False), sweep, components=FakeComponents(),
+              progress=False, plots=False)
+    args = _parser().parse_args(["bench", "--report", str(main), "--with", str(sweep), "--out", str(pub)])
+    assert bench_cli.run_from_args(args) == 0
+    finals = {a: json.loads((d / f"arms/{a}/checkpoints/round-00003.json").read_text())["edit"]["efficacy"]
+              for d, arms in ((main, ("memit-plain", "memit-revive")), (sweep, ("memit-revive-tau0.05",
+                                                                                  "memit-revive-tau0.3")))
+              for a in arms}
+    t2 = (pub / "tau_table.md").read_text()
+    assert f"| MEMIT | plain | {finals['memit-plain'] * 100:.2f} |" in t2
+    for arm, tau in (("memit-revive-tau0.05", "0.05"), ("memit-revive", "0.10"), ("memit-revive-tau0.3", "0.30")):
+        assert f"| MEMIT+REVIVE | {tau} | {finals[arm] * 100:.2f} |" in t2
+    assert "each cell is plain / +REVIVE τ=0.05 / +REVIVE τ=0.1 / +REVIVE τ=0.3" in (pub / "trajectory.md").read_text()
+    assert "| +REVIVE (τ=0.1) |" in (pub / "table.md").read_text()
+    run_md = (pub / "run.md").read_text()
+    assert "--no-plain" in run_md and "| memit-revive-tau0.3 | done | 6 |" in run_md
+    assert (pub / "plots" / "tau_sweep.png").stat().st_size > 1000
+    with open(pub / "results.csv") as f:
+        assert {r["arm"] for r in csv.DictReader(f)} == {"baseline", *finals}
+
+    other = tmp_path / "other"
+    run_bench(small_cfg(methods=["MEMIT"], taus=[0.3], plain=False, n_edits=4), other, components=FakeComponents(),
+              progress=False, plots=False)
+    for with_, match in ((other, "differ in n_edits"), (main, "both hold REVIVE τ=0.1")):
+        args = _parser().parse_args(["bench", "--report", str(main), "--with", str(with_), "--out", str(pub)])
+        with pytest.raises(ValueError, match=match):
+            bench_cli.run_from_args(args)
+    with pytest.raises(ValueError, match="only goes with --report"):
+        bench_cli.run_from_args(_parser().parse_args(["bench", "--with", str(sweep), "--out", str(pub)]))
+
+
 def test_drift_alarm_stops_plain_arm(tmp_path):
     cfg = small_cfg(methods=["MEMIT"], n_edits=12, eval_every=1, alarm_ls=0.99999, alarm_action="stop")
     msgs = []

@@ -74,6 +74,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--report", type=Path, default=None, metavar="RUN_DIR",
                    help="edit nothing: write the tables, CSV, plots and run.md (command, progress, times) of RUN_DIR "
                         "from the checkpoints it has so far, e.g. while a long run is going; with --out DIR, into DIR")
+    g.add_argument("--with", dest="with_runs", type=lambda v: [Path(x) for x in v.split(",") if x], default=None,
+                   metavar="RUN_DIR2,...", help="with --report: report these run folders' arms with RUN_DIR's, e.g. "
+                   "a τ sweep made with --no-plain next to the run that has the plain arm (all other settings equal)")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
     g.add_argument("--save-every", type=int, default=None, metavar="ROUNDS",
                    help="save the resumable state every ROUNDS rounds (default: 1)")
@@ -222,8 +225,9 @@ def report_from_args(args) -> int:
     from .harness import load_run_config
     from .report import write_reports
 
-    cfg = load_run_config(args.report)
-    outputs = write_reports(args.report, plots=args.plots, out_dir=args.out, command=command_line(cfg))
+    others = args.with_runs or []
+    command = "\n".join(command_line(load_run_config(d)) for d in [args.report, *others])
+    outputs = write_reports(args.report, plots=args.plots, out_dir=args.out, command=command, with_runs=others)
     print(Path(outputs["run"]).read_text(encoding="utf-8"))
     print(Path(outputs["table"]).read_text(encoding="utf-8"))
     print(f"written to {Path(outputs['table']).parent}")
@@ -237,6 +241,8 @@ def run_from_args(args, components=None) -> int:
         if args.resume is not None:
             raise ValueError("give either --report RUN_DIR (no editing) or --resume RUN_DIR, not both")
         return report_from_args(args)
+    if getattr(args, "with_runs", None):
+        raise ValueError("--with RUN_DIR2 only goes with --report RUN_DIR")
     cfg, run_dir, resume = config_from_args(args)
     echo = print if not cfg.quiet else (lambda s: None)
     arms = [a.label for a in arms_for(cfg)]

@@ -48,6 +48,41 @@ def load_run(run_dir) -> dict:
     return {"config": cfg, "baseline": baseline, "arms": arms, "run_dir": str(run_dir)}
 
 
+def merge_runs(run: dict, others) -> dict:
+    """One report over run folders made with the same settings that differ only in their arms, e.g. a τ
+    sweep run with ``--no-plain`` next to the run that holds the plain arm. Arms, τ values and commands
+    are united, the baseline is the first folder's (same settings, same unedited model). Raises
+    ValueError naming what differs, or the arm two folders both hold."""
+    from .config import config_diff
+
+    record = dict(run["config"], config=dict(run["config"]["config"]), arms=list(run["config"]["arms"]))
+    cfg, arms = record["config"], dict(run["arms"])
+    commands = [c for c in [record.get("command")] if c]
+    for other in others:
+        b = other["config"]
+        diff = [k for k in config_diff(record["hash_payload"], b["hash_payload"]) if k not in ("taus", "plain")]
+        diff += [what for key, what in (("hparams", "hparams (method YAML contents)"),
+                                        ("data_fingerprint", "data (edit records)")) if record.get(key) != b.get(key)]
+        if diff:
+            raise ValueError(f"{other['run_dir']} and {run['run_dir']} differ in {', '.join(diff)}; only runs "
+                             "that differ in their arms (--tau, --no-plain) can be reported together")
+        both = sorted(set(cfg["taus"]) & set(b["config"]["taus"]))
+        if both or (cfg["plain"] and b["config"]["plain"]):
+            what = f"REVIVE τ={both[0]:g}" if both else "the plain method"
+            raise ValueError(f"{run['run_dir']} and {other['run_dir']} both hold {what}; report one of them")
+        cfg["taus"] = sorted(cfg["taus"] + b["config"]["taus"])
+        cfg["plain"] = cfg["plain"] or b["config"]["plain"]
+        record["arms"] += b["arms"]
+        arms.update(other["arms"])
+        commands += [c for c in [b.get("command")] if c]
+    for a in arms.values():  # several τ now: every REVIVE curve names its τ
+        for cp in a["checkpoints"]:
+            if cp["mode"] == "revive":
+                cp["label"] = f"{cp['method']}+REVIVE (τ={cp['tau']:g})"
+    record["command"] = "\n".join(commands) or None
+    return dict(run, config=record, arms=arms)
+
+
 def rows(run: dict) -> list[dict]:
     out = []
     if run["baseline"] is not None:
@@ -270,10 +305,13 @@ def run_markdown(run: dict, command: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(run_dir, plots: bool = True, out_dir=None, command: str | None = None) -> dict:
+def write_reports(run_dir, plots: bool = True, out_dir=None, command: str | None = None, with_runs=()) -> dict:
     """Write results.csv, table.md (+ tau_table.md), trajectory.md, run.md and plots of the run in ``run_dir`` into
-    ``out_dir`` (default: the run folder); works on an unfinished run. Returns the written paths."""
+    ``out_dir`` (default: the run folder), together with the arms of the run folders ``with_runs``
+    (:func:`merge_runs`); works on an unfinished run. Returns the written paths."""
     run = load_run(run_dir)
+    if with_runs:
+        run = merge_runs(run, [load_run(d) for d in with_runs])
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = {"csv": out_dir / "results.csv", "table": out_dir / "table.md", "run": out_dir / "run.md"}
