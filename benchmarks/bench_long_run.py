@@ -132,9 +132,10 @@ def main(argv=None) -> int:
     base = preset_config("smoke") if args.smoke else scale
     n = args.rounds * base.batch_size
     small = dict(CPU_HPARAMS, mom2_n_samples=40, v_num_grad_steps=2) if args.smoke else None
-    cfg = preset_config(base.preset, n_edits=n, eval_every=args.rounds, plain=not args.revive,
-                        glue_dir=args.glue_dir, glue_n=base.glue_n if args.glue_dir else 0, quiet=True,
-                        hparams_overrides=small)
+    arm = "memit-revive" if args.revive else "memit-plain"  # one arm: what a process of a long run does
+    cfg = preset_config(base.preset, methods=["MEMIT"], n_edits=n, eval_every=args.rounds, taus=[0.1],
+                        only_arms=[arm], glue_dir=args.glue_dir, glue_n=base.glue_n if args.glue_dir else 0,
+                        quiet=True, hparams_overrides=small)
     clock = StageClock()
     comps = instrument(clock)
     print(f"threads={torch.get_num_threads()}  {args.rounds} rounds of {cfg.batch_size} "
@@ -146,6 +147,11 @@ def main(argv=None) -> int:
 
     arm_rounds = math.ceil(args.arm_edits / scale.batch_size)
     arm_checkpoints = len(range(scale.eval_every, arm_rounds + 1, scale.eval_every)) or 1
+    # edit evaluation is linear in the records it scores: here min(n, cap); in the arm, at every checkpoint
+    # (>= eval_every rounds of edits), min(edits so far, cap)
+    cap = scale.eval_max_edits or args.arm_edits
+    eval_here = min(n, cfg.eval_max_edits or n)
+    eval_arm = min(scale.eval_every * scale.batch_size, cap)
     steady = statistics.median(clock.rounds[1:])  # the first round also fills the template/covariance caches
     print(f"\nmeasured wall {wall / 60:.1f} min (model load, baseline evaluation and one-time caches included)")
     print(f"rounds: {', '.join(f'{r:.1f}' for r in clock.rounds)} s; steady round (median after the first) "
@@ -161,7 +167,7 @@ def main(argv=None) -> int:
             total = (steady if name == "round: total edit" else each) * count
         else:  # one checkpoint ran here (the last round); the final generation runs once per arm
             count = clock.calls[name] * (1 if name.startswith("final:") else arm_checkpoints)
-            total = each * count
+            total = each * count * (eval_arm / eval_here if name == "checkpoint: edit evaluation" else 1.0)
         top = name in ("round: total edit", "round: state save") or not name.startswith("round:")
         projected += total / 60 if top else 0.0
         print(f"| {name if top else ' ' + name} | {each:.2f} | {clock.calls[name]} | {count} | {total / 60:.1f} |")
@@ -169,7 +175,8 @@ def main(argv=None) -> int:
     print(f"\nprojected arm: {projected:.1f} min for {args.arm_edits} edits in rounds of {scale.batch_size} with "
           f"{arm_checkpoints} checkpoints (goal <= {GOAL_MIN:.0f} min: "
           f"{'met' if projected <= GOAL_MIN else f'{projected / GOAL_MIN:.2f}x the goal'}); target values are "
-          f"{100 * values_share:.0f}% of editing time")
+          f"{100 * values_share:.0f}% of editing time; the edit evaluation is scaled from {eval_here} records "
+          f"here to the arm's {eval_arm} per checkpoint")
     return 0
 
 

@@ -33,6 +33,9 @@ def test_long_run_breakdown_smoke():
     for stage in ("round: total edit", "target values", "state save", "checkpoint: edit evaluation",
                   "checkpoint: held-out PPL", "checkpoint: representation drift", "projected arm"):
         assert stage in out, stage
+    rounds = out.split("\nrounds: ")[1].split(" s;")[0].split(", ")
+    assert len(rounds) == 2  # one arm's two rounds, as one process of a long run
+    assert "| round: total edit | " in out and "| 2 | 50 |" in out  # 2 rounds timed here, 50 in a 5000-edit arm
 
 
 @pytest.mark.slow
