@@ -50,14 +50,13 @@ def load_run(run_dir) -> dict:
 
 def merge_runs(run: dict, others) -> dict:
     """One report over run folders made with the same settings that differ only in their arms, e.g. a τ
-    sweep run with ``--no-plain`` next to the run that holds the plain arm. Arms, τ values and commands
-    are united, the baseline is the first folder's (same settings, same unedited model). Raises
-    ValueError naming what differs, or the arm two folders both hold."""
+    sweep run with ``--no-plain`` next to the run that holds the plain arm. Arms and τ values are united,
+    the baseline is the first folder's (same settings, same unedited model). Raises ValueError naming
+    what differs, or the arm two folders both hold."""
     from .config import config_diff
 
     record = dict(run["config"], config=dict(run["config"]["config"]), arms=list(run["config"]["arms"]))
     cfg, arms = record["config"], dict(run["arms"])
-    commands = [c for c in [record.get("command")] if c]
     for other in others:
         b = other["config"]
         diff = [k for k in config_diff(record["hash_payload"], b["hash_payload"]) if k not in ("taus", "plain")]
@@ -74,12 +73,10 @@ def merge_runs(run: dict, others) -> dict:
         cfg["plain"] = cfg["plain"] or b["config"]["plain"]
         record["arms"] += b["arms"]
         arms.update(other["arms"])
-        commands += [c for c in [b.get("command")] if c]
     for a in arms.values():  # several τ now: every REVIVE curve names its τ
         for cp in a["checkpoints"]:
             if cp["mode"] == "revive":
                 cp["label"] = f"{cp['method']}+REVIVE (τ={cp['tau']:g})"
-    record["command"] = "\n".join(commands) or None
     return dict(run, config=record, arms=arms)
 
 
