@@ -10,6 +10,7 @@ import torch
 from revive_plugin.arch import arch_for
 from revive_plugin.editing import core
 from revive_plugin.editing.alphaedit import nullspace_projector
+from revive_plugin.editing.editor import Editor
 from revive_plugin.editing.hparams import MEMITHyperParams
 from revive_plugin.editing.nse import select_neurons
 from revive_plugin.editing.prune import restrain, restrained_bound
@@ -125,3 +126,16 @@ def test_batched_values_equal_per_request(small_model):
         assert torch.allclose(z_all, z_mode, atol=1e-4, rtol=1e-4), mode
     keys, cur = core.compute_keys(model, tok, reqs, ["model.layers.1.mlp.down_proj"], z_module="model.layers.2")
     assert keys["model.layers.1.mlp.down_proj"].shape == (3, 128) and cur.shape == (3, 64)
+
+
+def test_editor_optimises_large_rounds_in_chunks(small_model, monkeypatch):
+    """A round larger than ``values_chunk`` is optimised a chunk at a time (memory stays bounded)."""
+    model, tok = small_model
+    sizes = []
+    monkeypatch.setattr(core, "_values_chunk", lambda m, t, reqs, *a, **k: sizes.append(len(reqs)) or torch.zeros(len(reqs), 64))
+    reqs = [core.normalize_request({"prompt": "{} is in", "subject": f"Town{i}", "target_new": "Rome"}) for i in range(5)]
+    editor = Editor(model, tok, MEMITHyperParams(layers=[1, 2], context_prefixes=0))
+    assert Editor.values_chunk is not None
+    editor.values_chunk = 2
+    assert editor.values(reqs).shape == (5, 64)
+    assert sizes == [2, 2, 1]
