@@ -6,7 +6,9 @@ in MEMIT's formulation). ``transposed`` is True where the weight is stored as (i
 (GPT-2's ``Conv1D``), so an update ΔW computed as (out, in) must be transposed before writing.
 It also says where the decoder stack lives (``base_attr``), whether value optimisation may restart
 that stack after the z layer (``truncatable``: no absolute position embeddings; otherwise the slow full
-forward runs), the config key of the hidden size and of the final-logit soft-capping.
+forward runs), the config key of the hidden size and of the final-logit soft-capping, and the norm that
+sits between the FFN output and the residual stream where there is one (Gemma-2/3's
+``post_feedforward_layernorm``: MEMIT's residual targets are pulled back through it, docs/methods.md).
 
 Adding an architecture is one row of :data:`ARCH_TABLE` (plus its hparams YAMLs); every other module
 asks :func:`arch_for`.
@@ -41,6 +43,10 @@ class ArchSpec:
     hidden_size_key: str = "hidden_size"
     #: config key of the final-logit soft-capping value (Gemma), or None where the family has none
     logit_softcap_key: str | None = None
+    #: RMSNorm applied to the FFN output before it joins the residual stream (``{}`` = layer), or None
+    ffn_post_norm_tmp: str | None = None
+    #: the norm's gain is ``weight + ffn_post_norm_offset`` (Gemma stores gain − 1)
+    ffn_post_norm_offset: float = 0.0
 
 
 _GPT2 = ArchSpec(
@@ -79,7 +85,8 @@ _DOWN_PROJ = ArchSpec(
     embed_module="model.embed_tokens",
     truncatable=True,
 )
-_GEMMA = replace(_DOWN_PROJ, name="gemma", logit_softcap_key="final_logit_softcapping")
+_GEMMA = replace(_DOWN_PROJ, name="gemma", logit_softcap_key="final_logit_softcapping",
+                 ffn_post_norm_tmp="model.layers.{}.post_feedforward_layernorm", ffn_post_norm_offset=1.0)
 
 ARCH_TABLE: dict[str, ArchSpec] = {
     "gpt2": _GPT2,

@@ -5,6 +5,11 @@ Apache-2.0) and ``load_model("gemma3-270m")`` (Gemma-3-270M base) work offline. 
 dequantises the GGUF file with transformers (slow) and saves an HF folder under
 ``$REVIVE_MODEL_CACHE/<name>`` (default ``default_cache_dir()/models/<name>``); later calls load that folder in seconds. Any local HF
 folder or hub id is accepted too (``trust_remote_code`` stays off).
+
+Gemma's GGUF vocabulary is a SentencePiece BPE vocabulary whose scores are merge ranks; transformers
+(<= 4.55) reads it as a Unigram model, which splits " capital" into "▁c ap it al" and doubles the token
+count (held-out perplexity 162 instead of 14). Such models get their tokenizer rebuilt from the GGUF
+vocabulary the way llama.cpp reads it (:func:`spm_bpe_tokenizer`).
 """
 
 from __future__ import annotations
@@ -54,12 +59,17 @@ class BundledModel:
     #: the word EasyEdit main's BaseEditor looks for in ``model_name`` to pick a loader for this
     #: architecture (None: EasyEdit has no loader for it; hand it a loaded ``(model, tok)`` instead)
     easyedit_family: str | None = None
+    #: rebuild the tokenizer as score-ordered BPE from the GGUF vocabulary (see the module docstring)
+    spm_bpe: bool = False
+    #: bumped when the conversion changes; a cached folder of an older revision is converted again
+    revision: int = 1
 
 
 BUNDLED: dict[str, BundledModel] = {
     "smollm2-135m": BundledModel("smollm2-135m", _smollm2_gguf, "SmolLM2-135M-Instruct (Llama architecture, Apache-2.0)",
                                  easyedit_family="llama"),
-    "gemma3-270m": BundledModel("gemma3-270m", _gemma3_gguf, "Gemma-3-270M base (Gemma terms of use)"),
+    "gemma3-270m": BundledModel("gemma3-270m", _gemma3_gguf, "Gemma-3-270M base (Gemma terms of use)",
+                                spm_bpe=True, revision=2),
 }
 
 
@@ -76,21 +86,39 @@ def bundled_model_dir(name: str = DEFAULT_MODEL, cache_dir: str | os.PathLike | 
     a process that finds another one converting waits for it)."""
     if name not in BUNDLED:
         raise KeyError(f"unknown bundled model {name!r}; choose one of {sorted(BUNDLED)}")
+    spec = BUNDLED[name]
     root = Path(cache_dir or os.environ.get("REVIVE_MODEL_CACHE") or default_cache_dir() / "models")
     target = root / name
-    if (target / MARKER).exists():
+    if _converted_revision(target) == spec.revision:
         return target
     with file_lock(target, what="converted model", hint=CACHE_HINT):
-        if (target / MARKER).exists():
+        found = _converted_revision(target)
+        if found == spec.revision:
             return target
-        gguf = BUNDLED[name].gguf()
+        gguf = spec.gguf()
         if not gguf.exists():
             raise FileNotFoundError(f"GGUF file for {name} not found at {gguf}")
+        if found is not None:
+            log.warning("%s at %s was converted by an older revive-plugin (conversion revision %s, now %s); "
+                        "converting it again", name, target, found, spec.revision)
         log.warning("converting %s from %s to an HF folder at %s (once; this takes a minute)", name, gguf.name, target)
         with atomic_dir(target, what="converted model", hint=CACHE_HINT) as tmp:
             _convert_gguf(gguf, tmp)
-            (tmp / MARKER).write_text(json.dumps({"name": name, "source": gguf.name}, indent=2))
+            if spec.spm_bpe:
+                spm_bpe_tokenizer(gguf).save_pretrained(tmp)
+            (tmp / MARKER).write_text(json.dumps({"name": name, "source": gguf.name, "revision": spec.revision},
+                                                 indent=2))
     return target
+
+
+def _converted_revision(folder: Path) -> int | None:
+    """The conversion revision recorded in a finished conversion (1 before revisions were recorded), or None
+    where there is no readable marker (no conversion, or an unfinished or damaged one: convert again)."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return int(marker.get("revision", 1)) if isinstance(marker, dict) else None
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -104,6 +132,59 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     model.load_state_dict(src.state_dict())
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+
+
+def spm_bpe_merges(tokens: list[str], scores: list[float], mergeable: list[bool]) -> list[tuple[str, str]]:
+    """BPE merges that reproduce SentencePiece-BPE / llama.cpp tokenisation of a scored vocabulary: every
+    split ``a + b`` of a mergeable piece whose halves are both pieces, the piece with the higher score
+    (lower merge rank) first, ties by the halves' ids."""
+    ids = {t: i for i, t in enumerate(tokens)}
+    ranked = []
+    for i, piece in enumerate(tokens):
+        if not mergeable[i]:
+            continue
+        for cut in range(1, len(piece)):
+            a, b = piece[:cut], piece[cut:]
+            if a in ids and b in ids:
+                ranked.append((-scores[i], ids[a], ids[b], a, b))
+    ranked.sort()
+    return [(a, b) for *_, a, b in ranked]
+
+
+def spm_bpe_tokenizer(gguf: Path):
+    """A fast tokenizer built from a GGUF SentencePiece vocabulary (``tokenizer.ggml.*``: tokens, scores,
+    types) as score-ordered BPE with byte fallback: control tokens special, user-defined ones (newline
+    and tab runs, image markers) matched whole, space runs written with "▁", BOS prepended."""
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    reader = GGUFReader(str(gguf))
+
+    def field(key: str) -> list:
+        if key not in reader.fields:
+            raise ValueError(f"{gguf.name}: no {key} in the GGUF metadata; cannot build its tokenizer")
+        f = reader.fields[key]
+        return [f.parts[i] for i in f.data]
+
+    tokens = [bytes(p).decode("utf-8") for p in field("tokenizer.ggml.tokens")]
+    scores = [float(p[0]) for p in field("tokenizer.ggml.scores")]
+    kinds = [int(p[0]) for p in field("tokenizer.ggml.token_type")]
+    normal, control, user = 1, 3, 4  # llama.cpp token types (6 = byte-fallback pieces <0xNN>)
+    tokens = ["▁" * len(t) if t and not t.strip(" ") else t for t in tokens]
+    special_id = {role: int(field(f"tokenizer.ggml.{role}_token_id")[0][0]) for role in ("bos", "eos", "unknown", "padding")}
+    merges = spm_bpe_merges(tokens, scores, [k in (normal, user) for k in kinds])
+    tk = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, unk_token=tokens[special_id["unknown"]],
+                              byte_fallback=True, fuse_unk=True))
+    tk.normalizer = normalizers.Replace(" ", "▁")
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, kinds) if k == control])
+    tk.add_tokens([AddedToken(t, normalized=False) for t, k in zip(tokens, kinds) if k == user and "▁" not in t])
+    bos = tokens[special_id["bos"]]
+    tk.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                      special_tokens=[(bos, special_id["bos"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token=tokens[special_id["eos"]],
+                                   unk_token=tokens[special_id["unknown"]], pad_token=tokens[special_id["padding"]])
 
 
 def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:

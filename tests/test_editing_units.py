@@ -59,6 +59,89 @@ def test_memit_solve_matches_closed_form():
     assert torch.allclose(dW, ref, atol=1e-10)
 
 
+def _post_norm(x, g, eps=1e-6):
+    return g * x / x.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
+
+
+def test_pull_back_post_norm_reaches_the_residual_target():
+    """Gemma adds g ⊙ x/rms(x) to the residual, not the FFN output x: writing MEMIT's residual target R into x
+    overshoots by the norm's gain, the pulled-back Δx delivers R."""
+    gen = torch.Generator().manual_seed(0)
+    n, d = 4, 64
+    g = torch.rand(d, generator=gen, dtype=torch.float64) * 20 + 0.5
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64) * 0.2
+    moved = x + 0.05 * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    R = _post_norm(moved, g) - _post_norm(x, g)  # a reachable residual change
+    dx = core.pull_back_post_norm(R, x, g)
+    err = (_post_norm(x + dx, g) - _post_norm(x, g) - R).norm(dim=-1) / R.norm(dim=-1)
+    naive = (_post_norm(x + R, g) - _post_norm(x, g) - R).norm(dim=-1) / R.norm(dim=-1)
+    assert err.max() < 0.05 and naive.min() > 2
+    assert dx.dtype == R.dtype
+    with pytest.raises(ValueError, match="disagree"):
+        core.pull_back_post_norm(R, x, g[:-1])
+
+
+def test_gemma_post_norm_row_matches_the_model():
+    """The table's post-FFN norm and gain offset reproduce Gemma-3's own norm module, so the pull-back inverts
+    what the model computes."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from revive_plugin import nethook
+
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                               head_dim=16)).eval()
+    spec = arch_for(model)
+    assert arch_for(type("C", (), {"model_type": "llama"})()).ffn_post_norm_tmp is None
+    norm = model.get_submodule(spec.ffn_post_norm_tmp.format(1))
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(3, 32)
+    gain = nethook.get_parameter(model, spec.ffn_post_norm_tmp.format(1) + ".weight") + spec.ffn_post_norm_offset
+    assert torch.allclose(norm(x), _post_norm(x, gain, eps=model.config.rms_norm_eps).float(), atol=1e-5)
+
+
+def _tiny_gemma(vocab_size: int):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                                               num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
+                                               head_dim=32)).eval()
+    model.requires_grad_(False)
+    with torch.no_grad():  # a post-FFN norm with Gemma-like large, uneven gains
+        model.model.layers[2].post_feedforward_layernorm.weight.uniform_(5.0, 40.0)
+    return model
+
+
+@pytest.mark.parametrize("pull_back", [True, False])
+def test_memit_write_on_gemma_reaches_the_target_through_the_post_norm(bundled_tokenizer, tmp_path, pull_back):
+    """One MEMIT write at Gemma's last edit layer moves the z layer's output by the residual target R: with
+    the pull-back the model lands within 10% of z; writing R into the FFN output as MEMIT does (the table
+    row without the norm) overshoots by the norm's gain."""
+    from tiny_edits import R1, TEXTS, tiny_hparams
+
+    from revive_plugin.editing import make_editor
+
+    model = _tiny_gemma(len(bundled_tokenizer))
+    hp = tiny_hparams(MEMITHyperParams, tmp_path, layers=[2], mom2_update_weight=1e-3, context_prefixes=0,
+                      use_revive=False)
+    ed = make_editor("MEMIT", model, bundled_tokenizer, hp, stats_texts=TEXTS)
+    if not pull_back:
+        ed.post_norm_tmp = None
+    reqs = [core.normalize_request(r) for r in R1]
+    keys, cur = ed.layer_inputs(reqs, 2)
+    norm = model.model.layers[2].post_feedforward_layernorm
+    x = keys @ ed.weight_out_in(2).T
+    gen = torch.Generator().manual_seed(0)
+    z = cur + norm(x + 0.05 * x.norm(dim=-1, keepdim=True) * torch.randn(x.shape, generator=gen) / 8) - norm(x)
+    ed.write(2, ed.solve(0, 2, keys, ed.layer_residual(0, 2, z, cur, keys)))
+    _, after = ed.layer_inputs(reqs, 2)
+    err = ((after - z).norm(dim=-1) / (z - cur).norm(dim=-1)).max().item()
+    assert err < 0.1 if pull_back else err > 2
+
+
 def test_alphaedit_solution_preserves_null_complement():
     """ΔW k = 0 for k in the preserved space (eigenvectors of C above the threshold)."""
     g = torch.Generator().manual_seed(1)

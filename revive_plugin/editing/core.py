@@ -9,7 +9,8 @@
   ``kl_factor``·KL on "{subject} is a" + ``v_weight_decay``·‖δ‖/‖z₀‖², δ clamped to
   ``clamp_norm_factor``·‖z₀‖ (MEMIT);
 * residual spread R = (z − current output)/(layers left) and the covariance-weighted least-squares
-  solve ΔW = R Kᵀ (λC + KKᵀ)⁻¹ (:func:`memit_solve`).
+  solve ΔW = R Kᵀ (λC + KKᵀ)⁻¹ (:func:`memit_solve`); where a norm sits between the FFN output and
+  the residual stream (Gemma), R is first pulled back through it (:func:`pull_back_post_norm`).
 
 Deviation from MEMIT (documented in docs/methods.md): the NLL is read from the model's final logits
 (MEMIT's ``v_loss_layer`` = last layer).
@@ -325,6 +326,36 @@ def _values_chunk(model, tok, requests, hp, z_module, templates, early_stop, mod
 def spread_residual(z: torch.Tensor, cur_z: torch.Tensor, layer_index: int, n_layers: int) -> torch.Tensor:
     """R = (z − current output)/(layers left) (MEMIT's per-layer spread), n × hidden."""
     return (z - cur_z) / (n_layers - layer_index)
+
+
+def pull_back_post_norm(resid: torch.Tensor, out: torch.Tensor, gain: torch.Tensor, damping: float = 0.1,
+                        steps: int = 3, eps: float = 1e-6) -> torch.Tensor:
+    """Residual-stream targets R (n × hidden) → targets Δx for the FFN output x = W k (n × hidden) where the
+    residual receives N(x) = g ⊙ x / rms(x) (Gemma's post-FFN RMSNorm) instead of x: N(x + Δx) ≈ N(x) + R.
+
+    Damped Gauss-Newton on that equation, ``steps`` steps from Δx = 0, each inverting the Jacobian
+    diag(g)(I − x̂x̂ᵀ)/rms(x) at the current point: rms(x)·(I − x̂x̂ᵀ)(E ⊙ g / (g² + ε²)) for the remaining
+    error E, ε = ``damping``·median|g| (Tikhonov damping of the channels the norm all but switches off; the
+    radial part would only rescale x, so it is dropped).
+    """
+    if resid.shape != out.shape or gain.shape != out.shape[-1:]:
+        raise ValueError(f"pull_back_post_norm: residual {tuple(resid.shape)}, FFN output {tuple(out.shape)} and "
+                         f"gain {tuple(gain.shape)} disagree")
+    x0 = out.double()
+    g = gain.to(x0).double()
+    damp = (damping * g.abs().median()) ** 2
+
+    def rms(x):
+        return x.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
+
+    target = g * x0 / rms(x0) + resid.double()
+    dx = torch.zeros_like(x0)
+    for _ in range(steps):
+        x = x0 + dx
+        step = rms(x) * (target - g * x / rms(x)) * g / (g.pow(2) + damp)
+        unit = x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+        dx = dx + step - unit * (step * unit).sum(-1, keepdim=True)
+    return dx.to(resid.dtype)
 
 
 def memit_solve(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float,

@@ -43,6 +43,7 @@ class Editor:
         self.rewrite_tmp = hp.rewrite_module_tmp or spec.rewrite_module_tmp
         self.layer_tmp = hp.layer_module_tmp or spec.layer_module_tmp
         self.transposed = spec.transposed
+        self.post_norm_tmp, self.post_norm_offset = spec.ffn_post_norm_tmp, spec.ffn_post_norm_offset
         n = num_layers(model)
         if max(hp.layers) >= n:
             raise ValueError(f"hparams layers {hp.layers} out of range for a model with {n} layers")
@@ -188,6 +189,17 @@ class Editor:
                                         self.hparams.fact_token, z_module=self.z_module, templates=self.templates)
         return keys[self.module_name(layer)], cur_z
 
+    def layer_residual(self, i: int, layer: int, z: torch.Tensor, cur_z: torch.Tensor,
+                       keys: torch.Tensor) -> torch.Tensor:
+        """What the ``i``-th edit layer's FFN output should gain (n × hidden): MEMIT's spread of z − cur_z,
+        pulled back through the post-FFN norm on architectures that have one (Gemma)."""
+        resid = core.spread_residual(z, cur_z, i, len(self.layers))
+        if self.post_norm_tmp is None:
+            return resid
+        norm = nethook.get_parameter(self.model, f"{self.post_norm_tmp.format(layer)}.weight").detach()
+        out = keys.to(torch.float32) @ self.weight_out_in(layer).to(keys.device, torch.float32).T
+        return core.pull_back_post_norm(resid, out, norm.to(keys.device, torch.float32) + self.post_norm_offset)
+
     def solve(self, i: int, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
         """ΔW (out × in, float64): MEMIT's R Kᵀ (λC + KKᵀ)⁻¹."""
         return core.memit_solve(keys, resid, self.covariance(layer), self.hparams.mom2_update_weight)
@@ -198,10 +210,9 @@ class Editor:
 
     def run_round(self, requests: list[dict], z: torch.Tensor) -> dict:
         info = {}
-        n_layers = len(self.layers)
         for i, layer in enumerate(self.layers):
             keys, cur_z = self.layer_inputs(requests, layer)
-            resid = core.spread_residual(z, cur_z, i, n_layers)
+            resid = self.layer_residual(i, layer, z, cur_z, keys)
             delta = self.solve(i, layer, keys, resid)
             info[self.param_name(layer)] = self.write(layer, delta)
         return info

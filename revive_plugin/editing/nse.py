@@ -49,7 +49,6 @@ class NSEEditor(Editor):
         hp = self.hparams
         info = {self.param_name(l): {"neurons": [], "delta_norm": 0.0} for l in self.layers}
         info["iterations"] = 0
-        n_layers = len(self.layers)
         for it in range(hp.max_iterations):
             _, cur = core.compute_keys(self.model, self.tok, requests, [self.module_name(self.layers[-1])],
                                        hp.fact_token, z_module=self.z_module, templates=self.templates)
@@ -63,7 +62,7 @@ class NSEEditor(Editor):
             for i, layer in enumerate(self.layers):
                 keys, cur_z = self.layer_inputs(reqs, layer)
                 sel = select_neurons(keys, hp.neuron_threshold)
-                resid = core.spread_residual(z_act, cur_z, i, n_layers)
+                resid = self.layer_residual(i, layer, z_act, cur_z, keys)
                 keys_sel = keys.T.double()[sel].T  # n × |sel|, the selected neurons' keys
                 cov = self.covariance(layer).double()[sel][:, sel]
                 cache = self.edited_keys(layer).to(keys.device).double()[sel][:, sel]

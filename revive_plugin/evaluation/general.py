@@ -258,15 +258,33 @@ def glue_accuracy(
 
 
 @torch.inference_mode()
-def perplexity(model, tok, texts: list[str], batch_size: int = 8, max_length: int = 256, progress: bool = True) -> float:
-    """Token-level perplexity of ``texts`` (each truncated to ``max_length`` tokens)."""
+def _token_batches(order: list[int], lengths: list[int], batch_size: int, max_cells: int) -> list[list[int]]:
+    """``order`` (ascending length) cut into batches of at most ``batch_size`` rows whose rows × longest length
+    stays within ``max_cells`` (a batch of one row may exceed it)."""
+    batches, cur = [], []
+    for i in order:
+        if cur and (len(cur) == batch_size or (len(cur) + 1) * lengths[i] > max_cells):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    return batches + [cur] if cur else batches
+
+
+def perplexity(model, tok, texts: list[str], batch_size: int = 8, max_length: int = 256, progress: bool = True,
+               logits_budget: int = 2**29) -> float:
+    """Token-level perplexity of ``texts`` (each truncated to ``max_length`` tokens).
+
+    Batches hold at most ``batch_size`` texts and about ``logits_budget`` bytes of float32 logits (from the
+    config's ``vocab_size``), so a large vocabulary (Gemma's 262,144 tokens: 268 MB per 256-token text) does
+    not multiply the memory: 32 such texts at once held 14.7 GB."""
     if not texts:
         raise ValueError("perplexity needs at least one text")
     enc = [ids[:max_length] for ids in tok(list(texts))["input_ids"]]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
     device, pad = model_device(model), pad_id(tok)
     total, count = 0.0, 0
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 1
+    batches = _token_batches(order, [len(e) for e in enc], batch_size, max(1, logits_budget // (4 * vocab)))
     for batch in tqdm(batches, desc="perplexity", disable=not progress, leave=False):
         seqs = [enc[i] for i in batch if len(enc[i]) > 1]
         if not seqs:
