@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def get_parameter(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
@@ -40,3 +43,35 @@ def key_matches(name: str, keys: Iterable[str]) -> list[str]:
     if name in keys:
         return [name]
     return [k for k in keys if name.endswith("." + k) or k.endswith("." + name)]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad: int, device, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of token-id lists padded with ``pad`` on the right (on the left
+    with ``left=True``, for reading the last position of every row)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, cols] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, cols] = 1
+    return ids.to(device), mask.to(device)
+
+
+def budget_batches(items: Iterable[T], length: Callable[[T], int], max_cells: int,
+                   max_rows: int | None = None) -> Iterator[list[T]]:
+    """``items`` in order, cut into batches whose rows × longest length stays within ``max_cells`` (the
+    size of the padded batch) and of at most ``max_rows`` rows; a single item longer than ``max_cells``
+    is a batch of its own. Lazy, so a stream of texts is never held whole."""
+    batch: list[T] = []
+    longest = 0
+    for item in items:
+        n = length(item)
+        if batch and ((max_rows is not None and len(batch) == max_rows)
+                      or max(longest, n) * (len(batch) + 1) > max_cells):
+            yield batch
+            batch, longest = [], 0
+        batch.append(item)
+        longest = max(longest, n)
+    if batch:
+        yield batch

@@ -7,9 +7,8 @@ import contextlib
 import pytest
 import torch
 
-from revive_plugin._util import pad_id
+from revive_plugin._util import pad_batch, pad_id
 from revive_plugin.editing import core, forward
-from revive_plugin.editing.covariance import pad_batch
 from revive_plugin.editing.hparams import MEMITHyperParams
 
 REQS = [

@@ -25,21 +25,24 @@ def test_perplexity_hand_computed():
 
 
 def test_perplexity_batches_stay_within_the_logits_budget():
-    """Texts sorted by length are cut so rows × longest length stays within the budget (one long text alone
-    may exceed it); the perplexity does not depend on how the texts are batched."""
-    assert G._token_batches([0, 1, 2, 3, 4], [2, 3, 3, 5, 9], 2, 10) == [[0, 1], [2, 3], [4]]
-    assert G._token_batches([0, 1, 2], [4, 4, 12], 8, 10) == [[0, 1], [2]]
-    assert G._token_batches([], [], 8, 10) == []
+    """Texts sorted by length are cut so rows × longest length stays within the budget; the perplexity does
+    not depend on how the texts are batched, and no autograd graph is built while computing it."""
     model, tok = Bigram(4), WordTok()
     model.config = type("Config", (), {"vocab_size": len(WORDS)})()
     texts = ["the capital of france is paris", "x rome", "paris is the capital"]
-    rows = []
-    model.register_forward_pre_hook(lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    rows, grad = [], []
+
+    def record(module, args, kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        grad.append(torch.is_grad_enabled())
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
     full = G.perplexity(model, tok, texts, batch_size=8, progress=False)
     assert rows == [3]
     budget = 4 * len(WORDS) * 2 * 5  # two rows of 5 tokens
     assert G.perplexity(model, tok, texts, batch_size=8, progress=False, logits_budget=budget) == pytest.approx(full, rel=1e-6)
     assert rows[1:] == [2, 1]
+    assert not any(grad)
 
 
 def test_knowledge_probe_build_score_roundtrip():

@@ -24,10 +24,9 @@ from collections.abc import Sequence
 import torch
 
 from .. import nethook
-from .._util import model_device, pad_id
+from .._util import model_device, pad_batch, pad_id
 from ..arch import arch_for
 from . import forward as forward_runners
-from .covariance import pad_batch
 
 #: Fixed context templates (``context_templates: fixed``): group 0 is the bare prompt, group 1 five short
 #: prefixes. Keys average each group, then the groups (MEMIT's weighting); every template is a rewriting

@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from .. import _io, nethook
-from .._util import model_device, pad_id
+from .._util import budget_batches, model_device, pad_batch, pad_id
 from ..cache import read_safetensors_metadata, weight_fingerprint
 from ..data.corpus import wiki_texts
 
@@ -74,32 +74,11 @@ def texts_from_file(path) -> list[str]:
         return [line.strip() for line in fh if line.strip()]
 
 
-def _batches(tok, texts: Iterable[str], max_tokens: int, batch_tokens: int) -> Iterator[list[list[int]]]:
-    batch: list[list[int]] = []
-    longest = 0
+def _token_ids(tok, texts: Iterable[str], max_tokens: int) -> Iterator[list[int]]:
     for text in texts:
         ids = tok(text, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
-        if not ids:
-            continue
-        longest_new = max(longest, len(ids))
-        if batch and longest_new * (len(batch) + 1) > batch_tokens:
-            yield batch
-            batch, longest_new = [], len(ids)
-        batch.append(ids)
-        longest = longest_new
-    if batch:
-        yield batch
-
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask``."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
+        if ids:
+            yield ids
 
 
 class PassCheckpoint:
@@ -198,7 +177,7 @@ def collect_second_moments(model, tok, layer_names: Sequence[str], texts: Iterab
     model.eval()
     bar = tqdm(total=total, desc="covariance", unit="text", disable=not progress)
     try:
-        for i, batch in enumerate(_batches(tok, texts, max_tokens, batch_tokens)):
+        for i, batch in enumerate(budget_batches(_token_ids(tok, texts, max_tokens), len, batch_tokens)):
             if i < start:  # done before the interruption: same batches, same order
                 bar.update(len(batch))
                 continue

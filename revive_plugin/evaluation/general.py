@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .metrics import perplexity_from_nll
-from .._util import model_device, pad_id
+from .._util import budget_batches, model_device, pad_batch, pad_id
 from .scoring import encode_targets, next_token_logprobs, score_continuations
 
 GLUE_TASKS = ("sst2", "mrpc", "rte", "cola", "nli", "mmlu", "sentiment_analysis")
@@ -258,18 +258,6 @@ def glue_accuracy(
 
 
 @torch.inference_mode()
-def _token_batches(order: list[int], lengths: list[int], batch_size: int, max_cells: int) -> list[list[int]]:
-    """``order`` (ascending length) cut into batches of at most ``batch_size`` rows whose rows × longest length
-    stays within ``max_cells`` (a batch of one row may exceed it)."""
-    batches, cur = [], []
-    for i in order:
-        if cur and (len(cur) == batch_size or (len(cur) + 1) * lengths[i] > max_cells):
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    return batches + [cur] if cur else batches
-
-
 def perplexity(model, tok, texts: list[str], batch_size: int = 8, max_length: int = 256, progress: bool = True,
                logits_budget: int = 2**29) -> float:
     """Token-level perplexity of ``texts`` (each truncated to ``max_length`` tokens).
@@ -284,18 +272,12 @@ def perplexity(model, tok, texts: list[str], batch_size: int = 8, max_length: in
     device, pad = model_device(model), pad_id(tok)
     total, count = 0.0, 0
     vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 1
-    batches = _token_batches(order, [len(e) for e in enc], batch_size, max(1, logits_budget // (4 * vocab)))
+    batches = list(budget_batches(order, lambda i: len(enc[i]), max(1, logits_budget // (4 * vocab)), batch_size))
     for batch in tqdm(batches, desc="perplexity", disable=not progress, leave=False):
         seqs = [enc[i] for i in batch if len(enc[i]) > 1]
         if not seqs:
             continue
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = pad_batch(seqs, pad, device)
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
         labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         total += float(torch.nn.functional.cross_entropy(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .._util import model_device, pad_id
+from .._util import model_device, pad_batch, pad_id
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,8 @@ def _keep_kwarg(model) -> str | None:
 
 
 def _left_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s) :] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), pos.to(device)
+    ids, mask = pad_batch(seqs, pad, device, left=True)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def forward_last(model, ids, mask, pos, keep: int) -> torch.Tensor:
