@@ -17,40 +17,24 @@ statistics in the shared cache folder).
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import torch
+from _paired import add_arguments, paired_editors
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--method", default="MEMIT")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=50, help="edits per round (50 = the default bench's round)")
-    ap.add_argument("--tau", type=float, default=0.1)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="hparams override (YAML value), repeatable; the default bench preset's overrides apply first")
+    add_arguments(ap, "default")
     args = ap.parse_args(argv)
 
-    import yaml
-
-    from revive_plugin.bench.components import ProjectComponents
-    from revive_plugin.bench.config import preset_config
     from revive_plugin.data.facts import load_facts
 
-    over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.overrides)}
-    cfg = preset_config("default", methods=[args.method], model=args.model, device=args.device,
-                        hparams_overrides=over)
-    parts = ProjectComponents()
-    model_a, tok = parts.load_model(cfg)
-    model_b = copy.deepcopy(model_a)
+    eds = paired_editors(args, "default", args.method)
     records = load_facts()[: args.rounds * args.batch]
-    eds = {"plain": parts.make_editor(cfg, args.method, model_a, tok),
-           "revive": parts.make_editor(cfg, args.method, model_b, tok, revive_tau=args.tau)}
     round_s = {"plain": [], "revive": []}
     proj_s: list[list[float]] = []  # per round: the editor's own time_project_s of each written weight
     for r in range(args.rounds):
@@ -67,7 +51,7 @@ def main(argv=None) -> int:
               f"projection {sum(proj_s[-1]) * 1e3:.1f} ms over {len(proj_s[-1])} matrices")
 
     print(f"\n{args.method} on {args.model}: {args.rounds} rounds of {args.batch} edits, tau={args.tau}, "
-          f"{torch.get_num_threads()} threads, device {next(model_a.parameters()).device}")
+          f"{torch.get_num_threads()} threads, device {next(eds['plain'].model.parameters()).device}")
     print("| round | plain s | +REVIVE s | projection ms | projection share |")
     print("|---|---|---|---|---|")
     for r in range(args.rounds):

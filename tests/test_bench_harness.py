@@ -560,3 +560,14 @@ def test_arms_run_by_separate_processes_give_the_whole_run(tmp_path):
 def test_relative_change_is_relative_for_every_column_scale(new, old, expected):
     from revive_plugin.bench.report import relative_change
     assert relative_change(new, old) == expected
+
+
+def test_panels_spanning_orders_of_magnitude_use_a_log_scale():
+    """Perplexity from 14.9 to 14,433 (the Gemma run) is drawn on a log scale; a probe accuracy falling to 0,
+    a cosine or a perplexity that moved 20 → 23 keep a linear one."""
+    from revive_plugin.bench.plots import _wide_positive
+
+    assert _wide_positive([14.9, 19.8, 80.1, 14432.6])
+    assert not _wide_positive([18.8, 23.8])
+    assert not _wide_positive([1.0, 0.22, 0.0])
+    assert not _wide_positive([])

@@ -58,3 +58,10 @@ def test_revive_overhead_smoke():
     out = _run("bench_revive_overhead.py", "--rounds", "2", "--batch", "2", "--set", "v_num_grad_steps=2",
                "--set", "mom2_n_samples=40")
     assert "projection share of a REVIVE round" in out
+
+
+@pytest.mark.slow
+def test_delivery_diagnostic_smoke():
+    out = _run("diag_delivery.py", "--n", "2", "--set", "v_num_grad_steps=2", "--set", "mom2_n_samples=40")
+    assert out.count("removed) |") == 5  # one row per edit layer of the bundled model's MEMIT (layers 4–8)
+    assert "| after the last write |" in out and "undelivered after the round: plain" in out

@@ -55,6 +55,13 @@ def _series(run: dict):
             yield name, rows
 
 
+def _wide_positive(values, ratio: float = 20.0) -> bool:
+    """True when ``values`` are all positive and span more than ``ratio``× (perplexity after a collapse):
+    such a panel is drawn on a log scale, or its early points would sit flat on the axis."""
+    values = [float(v) for v in values]
+    return bool(values) and min(values) > 0 and max(values) > ratio * min(values)
+
+
 def _metric_grid(run, keys, x_key, xlabel, title, path, baseline_row):
     """One panel per metric; every curve starts at the unedited model (x = 0) when it was measured."""
     plt = _plt()
@@ -69,13 +76,18 @@ def _metric_grid(run, keys, x_key, xlabel, title, path, baseline_row):
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.4 * nrow), squeeze=False)
     for ax, (key, label) in zip(axes.flat, keys):
         start = [(0, baseline_row[key])] if baseline_row is not None and baseline_row.get(key) is not None else []
+        drawn = []
         for name, rows in _series(run):
             pts = [(r[x_key], r[key]) for r in rows if r.get(key) is not None]
             if pts:
                 xs, ys = zip(*(start + pts))
                 ax.plot(xs, ys, label=rows[0]["label"], **style(rows[0]))
+                drawn += ys
         if start:
             ax.axhline(start[0][1], color="grey", linestyle=":", linewidth=1, label="unedited")
+        if _wide_positive(drawn):
+            ax.set_yscale("log")
+            label += " (log scale)"
         ax.set_title(label)
         ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds and edit counts are whole numbers
