@@ -571,3 +571,19 @@ def test_panels_spanning_orders_of_magnitude_use_a_log_scale():
     assert not _wide_positive([18.8, 23.8])
     assert not _wide_positive([1.0, 0.22, 0.0])
     assert not _wide_positive([])
+
+
+def test_edit_count_axes_tick_in_round_steps():
+    """A 5,000-edit axis in a 4.6-inch panel ticks at multiples of 500 or 1000 (matplotlib's default picked 600)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from revive_plugin.bench.plots import _count_ticks
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    ax.plot([0, 500, 5000], [1.0, 0.5, 0.2])
+    _count_ticks(ax)
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= 5000]
+    plt.close(fig)
+    assert len(ticks) >= 3 and all(t % 500 == 0 for t in ticks), ticks

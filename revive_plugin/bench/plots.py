@@ -62,11 +62,16 @@ def _wide_positive(values, ratio: float = 20.0) -> bool:
     return bool(values) and min(values) > 0 and max(values) > ratio * min(values)
 
 
+def _count_ticks(ax) -> None:
+    """x ticks for rounds and edit counts: whole numbers in steps of 1, 2 or 5 × 10^k (0, 1000, 2000…, not 600)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+
+
 def _metric_grid(run, keys, x_key, xlabel, title, path, baseline_row):
     """One panel per metric; every curve starts at the unedited model (x = 0) when it was measured."""
     plt = _plt()
-    from matplotlib.ticker import MaxNLocator
-
     style = _style(run)
     keys = [(k, t) for k, t in keys if any(r.get(k) is not None for _, rows in _series(run) for r in rows)]
     if not keys:
@@ -90,7 +95,7 @@ def _metric_grid(run, keys, x_key, xlabel, title, path, baseline_row):
             label += " (log scale)"
         ax.set_title(label)
         ax.set_xlabel(xlabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds and edit counts are whole numbers
+        _count_ticks(ax)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
